@@ -1,0 +1,343 @@
+// Package bus connects devstatus to NATS JetStream: it starts the embedded
+// server when no URL is given, connects, and creates (idempotently) the
+// streams, KV buckets and object store that the other parts use, with the
+// names of package events.
+//
+// It owns no devstatus logic: it must not decode events or hold device state.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/events"
+)
+
+// ErrInvalidConfig wraps every configuration error of [Open].
+var ErrInvalidConfig = errors.New("bus: invalid config")
+
+// Config configures [Open].
+type Config struct {
+	// URL of an external NATS server (comma-separated for a cluster). Empty:
+	// start an embedded JetStream server storing in DataDir.
+	URL string
+	// DataDir is where the embedded server keeps its file store
+	// (DataDir/jetstream). Default "./data".
+	DataDir string
+	// ListenAddr is the host:port the embedded server also listens on for
+	// other processes (devicesim, the nats CLI). Empty: in-process only.
+	// "127.0.0.1:-1" picks a free port.
+	ListenAddr string
+	// SyncAlways makes the embedded server fsync before every PubAck
+	// (design.md --sync always). Default false: the server's periodic fsync.
+	SyncAlways bool
+	// Partitions is the input partition count used when the input stream is
+	// first created. An existing stream keeps the count recorded in its
+	// metadata; [Bus.Partitions] reports the count in force. Default 16.
+	Partitions int
+	// Replicas of every stream and bucket (1, or 3 on a cluster). Default 1.
+	Replicas int
+	// InputMaxAge bounds how long input events are kept (worker replay,
+	// projection catch-up and rebuild need them). Default 7 days.
+	InputMaxAge time.Duration
+	// TransitionMaxAge bounds how long transitions are kept; 0 keeps them
+	// forever (the current status of a device is its last transition).
+	TransitionMaxAge time.Duration
+	// LeaseTTL is how long a partition lease lives without renewal. Default 10s.
+	LeaseTTL time.Duration
+	// Name is the client connection name. Default "devstatus".
+	Name string
+	// Logger receives connection events. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = "./data"
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 16
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.InputMaxAge == 0 {
+		c.InputMaxAge = 7 * 24 * time.Hour
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 10 * time.Second
+	}
+	if c.Name == "" {
+		c.Name = "devstatus"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Partitions < 1 || c.Partitions > 1024 {
+		errs = append(errs, fmt.Errorf("partitions must be in 1..1024, got %d", c.Partitions))
+	}
+	if c.Replicas != 1 && c.Replicas != 3 && c.Replicas != 5 {
+		errs = append(errs, fmt.Errorf("replicas must be 1, 3 or 5, got %d", c.Replicas))
+	}
+	if c.LeaseTTL < time.Second {
+		errs = append(errs, fmt.Errorf("lease TTL must be at least 1s, got %s", c.LeaseTTL))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// Bus is an open connection to JetStream with devstatus's streams in place.
+type Bus struct {
+	NC *nats.Conn
+	JS jetstream.JetStream
+	// Server is the embedded server, nil when connected to an external one.
+	Server *server.Server
+	// Devices is the device registry bucket.
+	Devices jetstream.KeyValue
+	// Leases is the partition lease bucket.
+	Leases jetstream.KeyValue
+	// Snapshots is the worker snapshot store.
+	Snapshots jetstream.ObjectStore
+
+	partitions int
+	cfg        Config
+}
+
+// Partitions is the input partition count in force (recorded in the input
+// stream's metadata at creation).
+func (b *Bus) Partitions() int { return b.partitions }
+
+// ClientURL is a URL other processes can connect to: the external URL, or the
+// embedded server's listen address ("" when it listens in-process only).
+func (b *Bus) ClientURL() string {
+	if b.Server == nil {
+		return b.cfg.URL
+	}
+	if b.cfg.ListenAddr == "" {
+		return ""
+	}
+	return b.Server.ClientURL()
+}
+
+// Open starts or connects to JetStream and ensures the streams and buckets.
+// It returns an error wrapping [ErrInvalidConfig] for a bad config, or the
+// server's or client's error.
+func Open(ctx context.Context, cfg Config) (*Bus, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	b := &Bus{cfg: cfg}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				cfg.Logger.Warn("nats disconnected", slog.Any("err", err))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			cfg.Logger.Info("nats reconnected", slog.String("url", nc.ConnectedUrlRedacted()))
+		}),
+	}
+	url := cfg.URL
+	if url == "" {
+		s, err := StartEmbedded(EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), ListenAddr: cfg.ListenAddr, SyncAlways: cfg.SyncAlways})
+		if err != nil {
+			return nil, err
+		}
+		b.Server = s
+		opts = append(opts, nats.InProcessServer(s))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		b.shutdownServer()
+		return nil, fmt.Errorf("bus: connect %q: %w", url, err)
+	}
+	b.NC = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("bus: jetstream: %w", err)
+	}
+	b.JS = js
+	if err := b.ensure(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// ensure creates the streams and buckets if missing; it is idempotent and
+// keeps an existing input stream's partition count.
+func (b *Bus) ensure(ctx context.Context) error {
+	cfg := b.cfg
+	partitions := cfg.Partitions
+	if st, err := b.JS.Stream(ctx, events.InputStream); err == nil {
+		info, err := st.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("bus: input stream info: %w", err)
+		}
+		if v, ok := info.Config.Metadata[events.MetaPartitions]; ok {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return fmt.Errorf("bus: input stream metadata %s=%q is not a partition count", events.MetaPartitions, v)
+			}
+			if n != partitions {
+				cfg.Logger.Warn("partition count is fixed at stream creation; ignoring the configured count",
+					slog.Int("configured", partitions), slog.Int("in_force", n))
+			}
+			partitions = n
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("bus: look up input stream: %w", err)
+	}
+	b.partitions = partitions
+
+	in := jetstream.StreamConfig{
+		Name:        events.InputStream,
+		Description: "devstatus input events: heartbeats, ping results, ticks, admin events",
+		Subjects:    []string{events.InputSubjects},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		MaxAge:      cfg.InputMaxAge,
+		Duplicates:  2 * time.Minute,
+		Discard:     jetstream.DiscardOld,
+		AllowDirect: true,
+		Metadata:    map[string]string{events.MetaPartitions: strconv.Itoa(partitions)},
+	}
+	if _, err := b.JS.CreateOrUpdateStream(ctx, in); err != nil {
+		return fmt.Errorf("bus: ensure stream %s: %w", in.Name, err)
+	}
+	tr := jetstream.StreamConfig{
+		Name:        events.TransitionStream,
+		Description: "devstatus status transitions; last per subject is the current status",
+		Subjects:    []string{events.TransitionSubjects},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		MaxAge:      cfg.TransitionMaxAge,
+		Duplicates:  2 * time.Minute,
+		AllowDirect: true,
+		Metadata:    map[string]string{events.MetaPartitions: strconv.Itoa(partitions)},
+	}
+	if _, err := b.JS.CreateOrUpdateStream(ctx, tr); err != nil {
+		return fmt.Errorf("bus: ensure stream %s: %w", tr.Name, err)
+	}
+	var err error
+	b.Devices, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: events.DevicesBucket, Description: "devstatus device registry", History: 1,
+		Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("bus: ensure bucket %s: %w", events.DevicesBucket, err)
+	}
+	b.Leases, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: events.LeasesBucket, Description: "devstatus partition leases", History: 1,
+		TTL: cfg.LeaseTTL, Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("bus: ensure bucket %s: %w", events.LeasesBucket, err)
+	}
+	b.Snapshots, err = b.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: events.SnapshotsBucket, Description: "devstatus partition worker snapshots",
+		Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("bus: ensure object store %s: %w", events.SnapshotsBucket, err)
+	}
+	return nil
+}
+
+// Close drains the connection and shuts the embedded server down.
+func (b *Bus) Close() {
+	if b.NC != nil {
+		_ = b.NC.Drain()
+		for i := 0; i < 100 && !b.NC.IsClosed(); i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		b.NC.Close()
+	}
+	b.shutdownServer()
+}
+
+func (b *Bus) shutdownServer() {
+	if b.Server != nil {
+		b.Server.Shutdown()
+		b.Server.WaitForShutdown()
+	}
+}
+
+// EmbeddedConfig configures [StartEmbedded].
+type EmbeddedConfig struct {
+	// StoreDir is the JetStream file store directory (created if missing).
+	StoreDir string
+	// ListenAddr "host:port" to accept TCP clients; empty for in-process only;
+	// port -1 picks a free one.
+	ListenAddr string
+	// SyncAlways fsyncs before every PubAck.
+	SyncAlways bool
+	// ServerName defaults to "devstatus-embedded".
+	ServerName string
+}
+
+// StartEmbedded starts a single JetStream server and waits until it accepts
+// connections (10 s at most).
+func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
+		return nil, fmt.Errorf("bus: store dir: %w", err)
+	}
+	name := cfg.ServerName
+	if name == "" {
+		name = "devstatus-embedded"
+	}
+	opts := &server.Options{
+		ServerName: name,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		NoSigs:     true,
+		SyncAlways: cfg.SyncAlways,
+		DontListen: cfg.ListenAddr == "",
+		MaxPayload: 8 << 20,
+	}
+	if cfg.ListenAddr != "" {
+		host, port, err := net.SplitHostPort(cfg.ListenAddr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: nats listen address %q: %v", ErrInvalidConfig, cfg.ListenAddr, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("%w: nats listen port %q", ErrInvalidConfig, port)
+		}
+		opts.Host, opts.Port = host, p
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("bus: embedded server: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("bus: embedded server not ready within 10s")
+	}
+	return s, nil
+}

@@ -1,0 +1,75 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/events"
+)
+
+func TestOpenIdempotentAndPartitionsFixed(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := Open(ctx, Config{DataDir: dir, Partitions: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Partitions() != 8 {
+		t.Fatalf("partitions = %d", b.Partitions())
+	}
+	b.Close()
+	// Reopen with another count: the recorded count wins.
+	b, err = Open(ctx, Config{DataDir: dir, Partitions: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Partitions() != 8 {
+		t.Fatalf("partitions after reopen = %d, want the recorded 8", b.Partitions())
+	}
+}
+
+func TestInvalidConfig(t *testing.T) {
+	_, err := Open(context.Background(), Config{DataDir: t.TempDir(), Partitions: -3, Replicas: 2})
+	if !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestPartitionMatchesServerTransform checks that events.Partition agrees with
+// nats-server's partition() subject mapping, so either may be used.
+func TestPartitionMatchesServerTransform(t *testing.T) {
+	ctx := context.Background()
+	b, err := Open(ctx, Config{DataDir: t.TempDir(), Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = b.JS.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "XFORM", Subjects: []string{"x.*"}, Storage: jetstream.MemoryStorage,
+		SubjectTransform: &jetstream.SubjectTransformConfig{Source: "x.*", Destination: "y.{{partition(16,1)}}.{{wildcard(1)}}"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"A", "A.x", "*", "G1/site1/c1/node1", "Gerät", "a b"}
+	for _, id := range ids {
+		ack, err := b.JS.Publish(ctx, "x."+events.SubjectToken(id), []byte("1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := b.JS.Stream(ctx, "XFORM")
+		m, err := st.GetMsg(ctx, ack.Sequence)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("y.%d.%s", events.Partition(id, 16), events.SubjectToken(id))
+		if m.Subject != want {
+			t.Errorf("%q: server mapped to %q, events.Partition says %q", id, m.Subject, want)
+		}
+	}
+}
