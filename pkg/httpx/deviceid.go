@@ -1,0 +1,65 @@
+package httpx
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// DevicesPrefix is the path prefix under which the device id is the next
+// path segment.
+const DevicesPrefix = "/v1/devices/"
+
+// idPlaceholder replaces the id segment in the path the mux sees.
+const idPlaceholder = "~"
+
+type deviceIDKey struct{}
+
+// DeviceIDs wraps a mux so that every device id works in a path, including
+// ".", "..", ids with "/" (sent as %2F), spaces and non-ASCII. net/http's
+// ServeMux cleans paths ("/v1/devices/../x" is redirected) and would split an
+// id at a decoded "/"; this handler takes the id segment from the escaped
+// path before the mux sees it, unescapes it, stores it in the request context
+// and hands the mux a path with a placeholder segment, so a pattern such as
+// "POST /v1/devices/{id}/heartbeat" matches. Handlers read the id with
+// [DeviceID]. A segment that is not valid percent-encoding gets 400.
+func DeviceIDs(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		esc := r.URL.EscapedPath()
+		if !strings.HasPrefix(esc, DevicesPrefix) || len(esc) == len(DevicesPrefix) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rest := esc[len(DevicesPrefix):]
+		seg, tail, _ := strings.Cut(rest, "/")
+		id, err := url.PathUnescape(seg)
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, CodeInvalidDeviceID, "device id in the path is not valid percent-encoding")
+			return
+		}
+		r2 := r.WithContext(context.WithValue(r.Context(), deviceIDKey{}, id))
+		u := *r.URL
+		u.Path = DevicesPrefix + idPlaceholder
+		if strings.Contains(rest, "/") {
+			t, err := url.PathUnescape(tail)
+			if err != nil {
+				WriteError(w, http.StatusBadRequest, CodeBadRequest, "path is not valid percent-encoding")
+				return
+			}
+			u.Path += "/" + t
+		}
+		u.RawPath = ""
+		r2.URL = &u
+		next.ServeHTTP(w, r2)
+	})
+}
+
+// DeviceID returns the device id of a request routed through [DeviceIDs],
+// falling back to the mux's {id} path value.
+func DeviceID(r *http.Request) string {
+	if id, ok := r.Context().Value(deviceIDKey{}).(string); ok {
+		return id
+	}
+	return r.PathValue("id")
+}
