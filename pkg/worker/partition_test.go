@@ -1,0 +1,261 @@
+package worker
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/statemachine"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+type logEntry struct {
+	seq uint64
+	in  *events.Input
+}
+
+// randomLog builds a plausible input log: registrations, heartbeats with
+// random gaps (some longer than the thresholds), ping results with random
+// checked_at, late heartbeats, and ticks every second, in receive order.
+func randomLog(r *rand.Rand, devices, seconds int) []logEntry {
+	var log []logEntry
+	seq := uint64(0)
+	add := func(in *events.Input) {
+		seq++
+		in.V = events.Version
+		in.ID = fmt.Sprintf("e%d", seq)
+		log = append(log, logEntry{seq, in})
+	}
+	ids := make([]string, devices)
+	next := make([]int, devices)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%d.%c", i, 'a'+i%3)
+		add(&events.Input{Type: events.TypeDeviceRegistered, Device: ids[i], At: t0, Registered: &events.Registered{Group: []string{"", "slow"}[i%2]}})
+		next[i] = r.IntN(30)
+	}
+	for sec := 0; sec < seconds; sec++ {
+		now := t0.Add(time.Duration(sec) * time.Second)
+		for i, id := range ids {
+			if next[i] == sec {
+				at := now.Add(time.Duration(r.IntN(1000)) * time.Millisecond)
+				add(&events.Input{Type: events.TypeHeartbeat, Device: id, At: at})
+				switch r.IntN(10) {
+				case 0:
+					next[i] = sec + 41 + r.IntN(300) // an outage
+				case 1:
+					next[i] = sec + 35 + r.IntN(10) // near the boundary
+				default:
+					next[i] = sec + 20 + r.IntN(15)
+				}
+			}
+			if r.IntN(40) == 0 {
+				checked := now.Add(-time.Duration(r.IntN(60)) * time.Second)
+				add(&events.Input{Type: events.TypePingResult, Device: id, At: now, Ping: &events.PingResult{OK: r.IntN(2) == 0, CheckedAt: checked}})
+			}
+			if r.IntN(200) == 0 { // a late heartbeat
+				add(&events.Input{Type: events.TypeHeartbeat, Device: id, At: now.Add(-time.Duration(r.IntN(100)) * time.Second)})
+			}
+		}
+		add(&events.Input{Type: events.TypeTick, At: now.Add(time.Second)})
+	}
+	return log
+}
+
+var testThresholds = Thresholds{
+	Default: statemachine.DefaultThresholds,
+	Groups:  map[string]statemachine.Thresholds{"slow": {OfflineAfter: 60 * time.Second, DisconnectAfter: 600 * time.Second, PingIgnoreWithin: 30 * time.Second}},
+}
+
+func process(t *testing.T, s *partition, log []logEntry) []events.StatusChanged {
+	t.Helper()
+	var out []events.StatusChanged
+	for _, e := range log {
+		var err error
+		if out, _, err = s.apply(e.seq, e.in, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// TestReplayIsDeterministic is the property test of issue #2: for random
+// input logs, processing the log twice, with random redeliveries, or from a
+// snapshot taken at a random point, yields identical transitions.
+func TestReplayIsDeterministic(t *testing.T) {
+	for seed := uint64(1); seed <= 30; seed++ {
+		r := rand.New(rand.NewPCG(seed, 7))
+		log := randomLog(r, 12, 1500)
+		first := process(t, newPartition(3, 16, testThresholds), log)
+		if len(first) == 0 {
+			t.Fatalf("seed %d: no transitions: the generator is broken", seed)
+		}
+		second := process(t, newPartition(3, 16, testThresholds), log)
+		if !reflect.DeepEqual(first, second) {
+			t.Fatalf("seed %d: a second run differs", seed)
+		}
+
+		// Redeliveries: repeat random earlier entries (as JetStream does after
+		// an ack timeout) anywhere later in the log.
+		var noisy []logEntry
+		for k, e := range log {
+			noisy = append(noisy, e)
+			if r.IntN(10) == 0 {
+				noisy = append(noisy, log[r.IntN(k+1)])
+			}
+		}
+		if got := process(t, newPartition(3, 16, testThresholds), noisy); !reflect.DeepEqual(first, got) {
+			t.Fatalf("seed %d: redeliveries changed the transitions (%d vs %d)", seed, len(got), len(first))
+		}
+
+		// Snapshot at a random point, encode, decode, restore, go on.
+		cut := r.IntN(len(log))
+		a := newPartition(3, 16, testThresholds)
+		head := process(t, a, log[:cut])
+		b, err := encodeSnapshot(a.takeSnapshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sn, err := decodeSnapshot(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newPartition(3, 16, testThresholds)
+		if err := c.restore(sn); err != nil {
+			t.Fatal(err)
+		}
+		// The restarted worker sees the tail again from an earlier point too.
+		tail := process(t, c, log[max(0, cut-50):])
+		if got := append(head, tail...); !reflect.DeepEqual(first, got) {
+			t.Fatalf("seed %d: snapshot at %d changed the transitions", seed, cut)
+		}
+	}
+}
+
+func TestTransitionsAreWellFormed(t *testing.T) {
+	r := rand.New(rand.NewPCG(99, 1))
+	out := process(t, newPartition(5, 16, testThresholds), randomLog(r, 20, 3000))
+	last := map[string]events.StatusChanged{}
+	ids := map[string]bool{}
+	for _, tr := range out {
+		if ids[tr.ID] {
+			t.Fatalf("duplicate transition id %s", tr.ID)
+		}
+		ids[tr.ID] = true
+		if tr.From == tr.To {
+			t.Fatalf("self transition %+v", tr)
+		}
+		if p, ok := last[tr.Device]; ok {
+			if p.To != tr.From {
+				t.Fatalf("%s: %s→%s follows %s→%s", tr.Device, tr.From, tr.To, p.From, p.To)
+			}
+			if tr.At.Before(p.At) {
+				t.Fatalf("%s: transition at %s before previous at %s", tr.Device, tr.At, p.At)
+			}
+		} else if tr.From != events.StatusRegistered {
+			t.Fatalf("%s: first transition from %s", tr.Device, tr.From)
+		}
+		if tr.From == events.StatusConnected && tr.To == events.StatusDisconnected {
+			t.Fatalf("%s: connected straight to disconnected", tr.Device)
+		}
+		last[tr.Device] = tr
+	}
+}
+
+// Scenario 5 (state lost on restart): A and B heartbeat at 0; the worker dies
+// at 10; A keeps heartbeating every 30 s through 390, B stays silent; the
+// worker returns at 400 (ticks were logged meanwhile). A: one transition. B:
+// →temporarily_offline stamped 40, →disconnected stamped 300.
+func TestScenarioRestart(t *testing.T) {
+	var log []logEntry
+	seq := uint64(0)
+	add := func(in *events.Input) {
+		seq++
+		in.V, in.ID = 1, fmt.Sprint(seq)
+		log = append(log, logEntry{seq, in})
+	}
+	for _, id := range []string{"A", "B"} {
+		add(&events.Input{Type: events.TypeDeviceRegistered, Device: id, At: t0.Add(-time.Second)})
+	}
+	for sec := 0; sec <= 400; sec++ {
+		now := t0.Add(time.Duration(sec) * time.Second)
+		if sec%30 == 0 && sec <= 390 {
+			add(&events.Input{Type: events.TypeHeartbeat, Device: "A", At: now})
+		}
+		if sec == 0 {
+			add(&events.Input{Type: events.TypeHeartbeat, Device: "B", At: now})
+		}
+		add(&events.Input{Type: events.TypeTick, At: now})
+	}
+	// Worker runs until 10 s, snapshots, dies; a new one restores and replays.
+	cut := 0
+	for cut < len(log) && log[cut].in.At.Before(t0.Add(10*time.Second)) {
+		cut++
+	}
+	a := newPartition(0, 16, testThresholds)
+	out := process(t, a, log[:cut])
+	sn, _ := encodeSnapshot(a.takeSnapshot())
+	dec, _ := decodeSnapshot(sn)
+	b := newPartition(0, 16, testThresholds)
+	if err := b.restore(dec); err != nil {
+		t.Fatal(err)
+	}
+	out = append(out, process(t, b, log[cut:])...)
+	var got []string
+	for _, tr := range out {
+		got = append(got, fmt.Sprintf("%s:%s>%s@%s", tr.Device, tr.From, tr.To, tr.At.Sub(t0)))
+	}
+	want := []string{"A:registered>connected@0s", "B:registered>connected@0s", "B:connected>temporarily_offline@40s", "B:temporarily_offline>disconnected@5m0s"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+}
+
+func TestUnknownDeviceAndDecommission(t *testing.T) {
+	s := newPartition(0, 1, testThresholds)
+	_, res, _ := s.apply(1, &events.Input{Type: events.TypeHeartbeat, Device: "ghost", At: t0}, nil)
+	if res.Ignored != "unknown_device" {
+		t.Fatalf("res %+v", res)
+	}
+	s.apply(2, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0}, nil)
+	s.apply(3, &events.Input{Type: events.TypeHeartbeat, Device: "A", At: t0}, nil)
+	s.apply(4, &events.Input{Type: events.TypeDeviceDecommissioned, Device: "A", At: t0}, nil)
+	out, _, _ := s.apply(5, &events.Input{Type: events.TypeTick, At: t0.Add(time.Hour)}, nil)
+	if len(out) != 0 || len(s.index) != 0 {
+		t.Fatalf("decommissioned device still tracked: %v", out)
+	}
+	// Re-registration starts over.
+	s.apply(6, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0.Add(2 * time.Hour)}, nil)
+	if c := s.counts(); c[statemachine.Registered] != 1 {
+		t.Fatalf("counts %v", c)
+	}
+}
+
+func BenchmarkPartitionHeartbeats(b *testing.B) {
+	const devices = 100_000
+	s := newPartition(0, 1, testThresholds)
+	ids := make([]string, devices)
+	seq := uint64(0)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("device-%06d", i)
+		seq++
+		s.apply(seq, &events.Input{Type: events.TypeDeviceRegistered, Device: ids[i], At: t0}, nil)
+	}
+	in := &events.Input{Type: events.TypeHeartbeat}
+	var out []events.StatusChanged
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		seq++
+		in.Device = ids[n%devices]
+		in.At = t0.Add(time.Duration(n) * 300 * time.Microsecond) // 33k heartbeats/s of trace time
+		out, _, _ = s.apply(seq, in, out[:0])
+		if n%3300 == 0 {
+			seq++
+			out, _, _ = s.apply(seq, &events.Input{Type: events.TypeTick, At: in.At}, out[:0])
+		}
+	}
+}
