@@ -1,0 +1,647 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/bus"
+	"github.com/devstatus/devstatus/pkg/clock"
+)
+
+// Sentinel errors. Callers branch on them with errors.Is.
+var (
+	// ErrInvalidConfig wraps every configuration error of [New].
+	ErrInvalidConfig = errors.New("registry: invalid config")
+	// ErrExists: Register for an id that is registered and not decommissioned.
+	ErrExists = errors.New("registry: device already registered")
+	// ErrNotFound: no device with that id was ever registered (or its
+	// registration was rolled back).
+	ErrNotFound = errors.New("registry: device not found")
+	// ErrDecommissioned: the device was decommissioned; it can no longer
+	// heartbeat or be changed, only re-registered.
+	ErrDecommissioned = errors.New("registry: device is decommissioned")
+	// ErrBadToken: the presented device token does not match.
+	ErrBadToken = errors.New("registry: wrong device token")
+	// ErrUnavailable wraps every failure of the bus (disconnected, no
+	// responders, timeouts, too much CAS contention): the caller should answer
+	// 503 and the client retry later.
+	ErrUnavailable = errors.New("registry: bus unavailable")
+	// ErrInvalidGroup: the group is not printable UTF-8 of at most
+	// [MaxGroupLen] bytes.
+	ErrInvalidGroup = errors.New("registry: invalid group")
+	// ErrInvalidGateway: the gateway id breaks the device-id rules.
+	ErrInvalidGateway = errors.New("registry: invalid gateway id")
+)
+
+// MaxGroupLen is the longest group name in bytes.
+const MaxGroupLen = 64
+
+// TokenBytes is the number of random bytes in a device token (256 bits).
+const TokenBytes = 32
+
+// Actor is written into the Actor field of the administrative events the
+// registry publishes.
+const Actor = "admin"
+
+// casAttempts bounds the compare-and-swap retries of one change.
+const casAttempts = 16
+
+// InvalidIDError reports a device id refused by [events.ValidateDeviceID].
+// It unwraps to the *events.DeviceIDError (and so to its ErrDeviceID…
+// sentinel).
+type InvalidIDError struct {
+	ID  string
+	Err error
+}
+
+func (e *InvalidIDError) Error() string { return "registry: invalid device id: " + e.Err.Error() }
+func (e *InvalidIDError) Unwrap() error { return e.Err }
+
+// Device is a device's registration as stored in the KV bucket (JSON), plus
+// the KV revision it was read at.
+type Device struct {
+	ID      string `json:"id"`
+	Group   string `json:"group,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+	// TokenHash is the lowercase hex SHA-256 of the device token. Tokens are
+	// 256-bit random values, so a fast hash is the right choice: guessing a
+	// preimage is as hard as guessing the token, and a slow password hash
+	// (bcrypt, argon2) would cost tens of milliseconds of CPU per heartbeat,
+	// which the ingest rate (tens of thousands per second) cannot pay.
+	TokenHash            string `json:"token_hash"`
+	RemoteControlEnabled bool   `json:"remote_control_enabled"`
+	// RemoteControlEventID is the id of the last remote_control_changed
+	// event; repeating an unchanged setting re-publishes it (deduplicated).
+	RemoteControlEventID string `json:"remote_control_event_id,omitempty"`
+	// PendingReconnect is set by an operator's reconnect request and cleared
+	// by the heartbeat that delivers it (exactly one, see TakeReconnect).
+	PendingReconnect bool `json:"pending_reconnect"`
+	// ReconnectRequestID is the event id of the pending (or last) reconnect request.
+	ReconnectRequestID string    `json:"reconnect_request_id,omitempty"`
+	RegisteredAt       time.Time `json:"registered_at"`
+	// RegisteredEventID is the id of the device_registered event.
+	RegisteredEventID string     `json:"registered_event_id,omitempty"`
+	Decommissioned    bool       `json:"decommissioned"`
+	DecommissionedAt  *time.Time `json:"decommissioned_at,omitempty"`
+	// DecommissionEventID is the id of the device_decommissioned event; a
+	// repeated decommission re-publishes it (deduplicated).
+	DecommissionEventID string `json:"decommission_event_id,omitempty"`
+
+	// Revision is the KV revision the device was read at (not stored).
+	Revision uint64 `json:"-"`
+}
+
+// Config configures [New].
+type Config struct {
+	// Bus is the open bus; its Devices bucket, JetStream context and
+	// partition count are used. Required.
+	Bus *bus.Bus
+	// Clock stamps the administrative events. Default clock.NewMonotonic().
+	Clock clock.Clock
+	// Logger. Default slog.Default().
+	Logger *slog.Logger
+	// CacheSize bounds the hot-path cache, in devices (one entry is ~150
+	// bytes). Default 1 000 000; negative is invalid.
+	CacheSize int
+	// OpTimeout bounds one KV operation or publish when the caller's context
+	// has no deadline. Default 5s.
+	OpTimeout time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.Clock == nil {
+		c.Clock = clock.NewMonotonic()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.CacheSize == 0 {
+		c.CacheSize = 1_000_000
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = 5 * time.Second
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Bus == nil || c.Bus.JS == nil || c.Bus.Devices == nil {
+		errs = append(errs, errors.New("Bus (with JS and Devices) is required"))
+	}
+	if c.CacheSize < 0 {
+		errs = append(errs, fmt.Errorf("CacheSize must be >= 0, got %d", c.CacheSize))
+	}
+	if c.OpTimeout < 0 {
+		errs = append(errs, fmt.Errorf("OpTimeout must be > 0, got %s", c.OpTimeout))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// Registry reads and changes device registrations. Safe for concurrent use.
+type Registry struct {
+	cfg     Config
+	kv      jetstream.KeyValue
+	js      jetstream.JetStream
+	nc      *nats.Conn
+	parts   int
+	log     *slog.Logger
+	cache   *cache
+	running atomic.Bool
+	watchOK atomic.Bool
+}
+
+// New returns a registry over cfg.Bus. Errors wrap [ErrInvalidConfig].
+func New(cfg Config) (*Registry, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Registry{
+		cfg:   cfg,
+		kv:    cfg.Bus.Devices,
+		js:    cfg.Bus.JS,
+		nc:    cfg.Bus.NC,
+		parts: cfg.Bus.Partitions(),
+		log:   cfg.Logger,
+		cache: newCache(cfg.CacheSize),
+	}, nil
+}
+
+// HashToken returns the stored form of a device token: lowercase hex SHA-256.
+func HashToken(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+// ValidateGroup checks a group name: valid UTF-8, printable characters (the
+// ASCII space included), at most [MaxGroupLen] bytes; empty means no group.
+// Errors wrap [ErrInvalidGroup].
+func ValidateGroup(g string) error {
+	if len(g) > MaxGroupLen {
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidGroup, MaxGroupLen)
+	}
+	if !utf8.ValidString(g) {
+		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidGroup)
+	}
+	for i, r := range g {
+		if r != ' ' && !unicode.IsPrint(r) {
+			return fmt.Errorf("%w: non-printable character at byte %d", ErrInvalidGroup, i)
+		}
+	}
+	return nil
+}
+
+func validateID(id string) error {
+	if err := events.ValidateDeviceID(id); err != nil {
+		return &InvalidIDError{ID: id, Err: err}
+	}
+	return nil
+}
+
+func newToken() (string, error) {
+	var b [TokenBytes]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("registry: token: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+func newEventID(prefix string) string { return prefix + "-" + nuid.Next() }
+
+// opCtx applies the default deadline when ctx has none.
+func (r *Registry) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, r.cfg.OpTimeout)
+}
+
+// unavailable classifies a bus error: context cancellation by the caller is
+// returned as is; every other failure wraps ErrUnavailable (nats.ErrTimeout,
+// nats.ErrNoResponders, jetstream.ErrNoStreamResponse, a closed or
+// reconnecting connection, deadline exceeded …), so the API answers 503.
+func unavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("registry: %s: %w", op, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
+}
+
+// get reads a device straight from KV (no cache).
+func (r *Registry) get(ctx context.Context, key string) (Device, error) {
+	e, err := r.kv.Get(ctx, key)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return Device{}, ErrNotFound
+		}
+		return Device{}, unavailable("get", err)
+	}
+	var d Device
+	if err := json.Unmarshal(e.Value(), &d); err != nil {
+		return Device{}, fmt.Errorf("registry: corrupt entry %q at revision %d: %w", key, e.Revision(), err)
+	}
+	d.Revision = e.Revision()
+	return d, nil
+}
+
+// Get returns the device's registration read from KV (not the cache).
+// Errors: *[InvalidIDError], [ErrNotFound], [ErrUnavailable]. A decommissioned
+// device is returned with Decommissioned set and no error.
+func (r *Registry) Get(ctx context.Context, id string) (Device, error) {
+	if err := validateID(id); err != nil {
+		return Device{}, err
+	}
+	ctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	return r.get(ctx, events.SubjectToken(id))
+}
+
+// publish sends an input event for its device and waits for the PubAck.
+func (r *Registry) publish(ctx context.Context, in *events.Input) error {
+	b, err := events.EncodeInput(in)
+	if err != nil {
+		return fmt.Errorf("registry: encode %s: %w", in.Type, err)
+	}
+	_, err = r.js.Publish(ctx, events.DeviceSubject(in.Device, r.parts), b,
+		jetstream.WithMsgID(in.ID), jetstream.WithExpectStream(events.InputStream))
+	if err != nil {
+		return unavailable("publish "+string(in.Type), err)
+	}
+	return nil
+}
+
+func (r *Registry) event(t events.Type, id, eventID string) *events.Input {
+	return &events.Input{Type: t, ID: eventID, Device: id, At: r.cfg.Clock.Now().UTC(), Actor: Actor}
+}
+
+// update writes d with a revision check and invalidates this process's cached
+// entry at once (other instances learn it from the watcher).
+func (r *Registry) update(ctx context.Context, key string, d *Device) error {
+	v, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("registry: encode: %w", err)
+	}
+	rev, err := r.kv.Update(ctx, key, v, d.Revision)
+	r.cache.invalidate(key, 0)
+	if err != nil {
+		return err
+	}
+	d.Revision = rev
+	return nil
+}
+
+// Register adds a device and returns its token (256 random bits, unpadded
+// base64url), shown once: only its SHA-256 is stored. It publishes a
+// device_registered event and returns after its PubAck.
+//
+// A decommissioned device may be registered again under the same id: it gets
+// a new token, remote control off, no pending reconnect, a new RegisteredAt,
+// and a new device_registered event (its history of transitions stays).
+//
+// If the event cannot be published the KV write is rolled back (the entry is
+// deleted, or the decommissioned entry restored) and the error wraps
+// [ErrUnavailable]. Should the rollback itself fail (the bus died in between)
+// the entry stays without its event: nobody holds its token, and an operator
+// can decommission and register it again; this is logged.
+//
+// Errors: *[InvalidIDError], [ErrInvalidGroup], [ErrInvalidGateway],
+// [ErrExists], [ErrUnavailable].
+func (r *Registry) Register(ctx context.Context, id, group, gateway string) (string, error) {
+	if err := validateID(id); err != nil {
+		return "", err
+	}
+	if err := ValidateGroup(group); err != nil {
+		return "", err
+	}
+	if gateway != "" {
+		if err := events.ValidateDeviceID(gateway); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrInvalidGateway, err)
+		}
+	}
+	token, err := newToken()
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	key := events.SubjectToken(id)
+	now := r.cfg.Clock.Now().UTC()
+	d := Device{ID: id, Group: group, Gateway: gateway, TokenHash: HashToken(token),
+		RegisteredAt: now, RegisteredEventID: newEventID("reg")}
+	v, err := json.Marshal(&d)
+	if err != nil {
+		return "", fmt.Errorf("registry: encode: %w", err)
+	}
+	var (
+		rev      uint64
+		previous *Device // the decommissioned entry a re-registration replaced
+	)
+	rev, err = r.kv.Create(ctx, key, v)
+	switch {
+	case err == nil:
+	case errors.Is(err, jetstream.ErrKeyExists):
+		old, gerr := r.get(ctx, key)
+		if gerr != nil {
+			if errors.Is(gerr, ErrNotFound) { // deleted in between: let the caller retry
+				return "", fmt.Errorf("%w: concurrent change of %q", ErrUnavailable, id)
+			}
+			return "", gerr
+		}
+		if !old.Decommissioned {
+			return "", ErrExists
+		}
+		rev, err = r.kv.Update(ctx, key, v, old.Revision)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return "", ErrExists // someone else re-registered it first
+		}
+		if err != nil {
+			return "", unavailable("re-register", err)
+		}
+		previous = &old
+	default:
+		return "", unavailable("create", err)
+	}
+	r.cache.invalidate(key, 0)
+
+	in := r.event(events.TypeDeviceRegistered, id, d.RegisteredEventID)
+	in.At = now
+	in.Registered = &events.Registered{Group: group, Gateway: gateway}
+	if perr := r.publish(ctx, in); perr != nil {
+		r.rollbackRegister(key, id, rev, previous)
+		return "", perr
+	}
+	return token, nil
+}
+
+// rollbackRegister undoes the KV write of a Register whose event failed.
+func (r *Registry) rollbackRegister(key, id string, rev uint64, previous *Device) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
+	defer cancel()
+	var err error
+	if previous == nil {
+		err = r.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+	} else {
+		p := *previous
+		p.Revision = rev
+		err = r.update(ctx, key, &p)
+	}
+	r.cache.invalidate(key, 0)
+	if err != nil {
+		r.log.Error("registry: rollback of a registration whose event failed did not succeed; decommission and register the device again",
+			slog.String("device", id), slog.Any("err", err))
+	}
+}
+
+// mutate runs a read-modify-CAS-write loop on one device. change edits d and
+// returns the event to publish (nil: nothing to write or publish) and whether
+// the KV entry must be written; it may return an error to stop.
+func (r *Registry) mutate(ctx context.Context, id string, change func(d *Device) (ev *events.Input, write bool, err error)) (Device, error) {
+	if err := validateID(id); err != nil {
+		return Device{}, err
+	}
+	ctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	key := events.SubjectToken(id)
+	for attempt := 0; attempt < casAttempts; attempt++ {
+		d, err := r.get(ctx, key)
+		if err != nil {
+			return Device{}, err
+		}
+		ev, write, err := change(&d)
+		if err != nil {
+			return d, err
+		}
+		if write {
+			err := r.update(ctx, key, &d)
+			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				continue
+			}
+			if err != nil {
+				return Device{}, unavailable("update", err)
+			}
+		}
+		if ev != nil {
+			if err := r.publish(ctx, ev); err != nil {
+				return d, err
+			}
+		}
+		return d, nil
+	}
+	return Device{}, fmt.Errorf("%w: %d concurrent changes of %q in a row", ErrUnavailable, casAttempts, id)
+}
+
+// Decommission marks the device decommissioned (its token stops working, its
+// pending reconnect is dropped) and publishes device_decommissioned.
+// Decommissioning a decommissioned device re-publishes the same event id
+// (JetStream deduplicates it within its window), so a retry after a failed
+// publish completes the job. Errors: *[InvalidIDError], [ErrNotFound],
+// [ErrUnavailable].
+func (r *Registry) Decommission(ctx context.Context, id string) error {
+	_, err := r.mutate(ctx, id, func(d *Device) (*events.Input, bool, error) {
+		write := false
+		if !d.Decommissioned {
+			now := r.cfg.Clock.Now().UTC()
+			d.Decommissioned, d.DecommissionedAt = true, &now
+			d.DecommissionEventID = newEventID("dec")
+			d.PendingReconnect = false
+			write = true
+		}
+		if d.DecommissionEventID == "" {
+			d.DecommissionEventID = newEventID("dec")
+			write = true
+		}
+		ev := r.event(events.TypeDeviceDecommissioned, id, d.DecommissionEventID)
+		if d.DecommissionedAt != nil {
+			ev.At = *d.DecommissionedAt
+		}
+		return ev, write, nil
+	})
+	return err
+}
+
+// SetRemoteControl sets the device's remote-control flag and publishes
+// remote_control_changed. Setting the value it already has writes nothing and
+// re-publishes the last event id (deduplicated), so a retry is harmless.
+// Errors: *[InvalidIDError], [ErrNotFound], [ErrDecommissioned],
+// [ErrUnavailable].
+func (r *Registry) SetRemoteControl(ctx context.Context, id string, enabled bool) (Device, error) {
+	return r.mutate(ctx, id, func(d *Device) (*events.Input, bool, error) {
+		if d.Decommissioned {
+			return nil, false, ErrDecommissioned
+		}
+		write := false
+		if d.RemoteControlEnabled != enabled || d.RemoteControlEventID == "" {
+			d.RemoteControlEnabled = enabled
+			d.RemoteControlEventID = newEventID("rc")
+			write = true
+		}
+		ev := r.event(events.TypeRemoteControlChanged, id, d.RemoteControlEventID)
+		ev.RemoteControl = &events.RemoteControl{Enabled: enabled}
+		return ev, write, nil
+	})
+}
+
+// RequestReconnect records an operator's reconnect request (PendingReconnect,
+// CAS) and publishes reconnect_requested; the device's next heartbeat is told
+// should_reconnect=true once. A request while one is pending re-publishes the
+// pending request's event id (deduplicated) and returns its id. Errors:
+// *[InvalidIDError], [ErrNotFound], [ErrDecommissioned], [ErrUnavailable].
+func (r *Registry) RequestReconnect(ctx context.Context, id string) (requestID string, err error) {
+	d, err := r.mutate(ctx, id, func(d *Device) (*events.Input, bool, error) {
+		if d.Decommissioned {
+			return nil, false, ErrDecommissioned
+		}
+		write := false
+		if !d.PendingReconnect {
+			d.PendingReconnect = true
+			d.ReconnectRequestID = newEventID("rr")
+			write = true
+		}
+		return r.event(events.TypeReconnectRequested, id, d.ReconnectRequestID), write, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return d.ReconnectRequestID, nil
+}
+
+// TakeReconnect clears a pending reconnect request with a revision-checked
+// write, so that exactly one caller wins even across bridge instances; the
+// winner gets true and publishes reconnect_delivered (event id
+// "rd-"+request id, so a repeat is deduplicated). No pending request: false,
+// nil. If the delivered event cannot be published after the clear, the
+// request still counts as taken (the caller tells the device) and the error
+// wraps [ErrUnavailable]: taken is true with a non-nil error.
+// Errors: *[InvalidIDError], [ErrNotFound], [ErrUnavailable].
+func (r *Registry) TakeReconnect(ctx context.Context, id string) (taken bool, err error) {
+	var won bool
+	_, err = r.mutate(ctx, id, func(d *Device) (*events.Input, bool, error) {
+		won = false
+		if !d.PendingReconnect || d.Decommissioned {
+			return nil, false, nil
+		}
+		d.PendingReconnect = false
+		won = true
+		ev := r.event(events.TypeReconnectDelivered, id, "rd-"+d.ReconnectRequestID)
+		ev.Actor = ""
+		return ev, true, nil
+	})
+	if won && err != nil {
+		r.log.Warn("registry: reconnect delivered but its event was not published", slog.String("device", id), slog.Any("err", err))
+	}
+	return won, err
+}
+
+// Entry is the cached hot-path view of a device.
+type Entry struct {
+	Group                string
+	TokenHash            [sha256.Size]byte
+	RemoteControlEnabled bool
+	PendingReconnect     bool
+	Decommissioned       bool
+	// Revision is the KV revision the entry was read at.
+	Revision uint64
+}
+
+func entryOf(d *Device) (Entry, error) {
+	e := Entry{Group: d.Group, RemoteControlEnabled: d.RemoteControlEnabled,
+		PendingReconnect: d.PendingReconnect, Decommissioned: d.Decommissioned, Revision: d.Revision}
+	h, err := hex.DecodeString(d.TokenHash)
+	if err != nil || len(h) != sha256.Size {
+		return Entry{}, fmt.Errorf("registry: device %q has a malformed token hash", d.ID)
+	}
+	copy(e.TokenHash[:], h)
+	return e, nil
+}
+
+// Lookup returns the hot-path view of a device, from the cache when it holds
+// the key, else from KV (filling the cache, negative answers included).
+// Errors: *[InvalidIDError], [ErrNotFound], [ErrUnavailable]. A
+// decommissioned device is returned with no error.
+func (r *Registry) Lookup(ctx context.Context, id string) (Entry, error) {
+	if err := validateID(id); err != nil {
+		return Entry{}, err
+	}
+	key := events.SubjectToken(id)
+	if e, found, ok := r.cache.get(key); ok {
+		if !found {
+			return Entry{}, ErrNotFound
+		}
+		return e, nil
+	}
+	fill := r.cache.reserve(key)
+	ctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	d, err := r.get(ctx, key)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		r.cache.fill(key, fill, Entry{}, false)
+		return Entry{}, ErrNotFound
+	case err != nil:
+		r.cache.abandon(key, fill)
+		return Entry{}, err
+	}
+	e, err := entryOf(&d)
+	if err != nil {
+		r.cache.abandon(key, fill)
+		return Entry{}, err
+	}
+	r.cache.fill(key, fill, e, true)
+	return e, nil
+}
+
+// Authenticate checks a device token against the registry (through the
+// cache). Errors: *[InvalidIDError]; [ErrNotFound] for an unknown id and
+// [ErrBadToken] for a wrong token (callers should answer both the same way,
+// so that unauthenticated callers cannot tell which ids exist);
+// [ErrDecommissioned] only when the token matches; [ErrUnavailable].
+// The comparison is constant-time and the token is hashed on every path.
+func (r *Registry) Authenticate(ctx context.Context, id, token string) (Entry, error) {
+	h := sha256.Sum256([]byte(token))
+	e, err := r.Lookup(ctx, id)
+	if err != nil {
+		return Entry{}, err
+	}
+	if token == "" || subtle.ConstantTimeCompare(h[:], e.TokenHash[:]) != 1 {
+		return Entry{}, ErrBadToken
+	}
+	if e.Decommissioned {
+		return e, ErrDecommissioned
+	}
+	return e, nil
+}
+
+// CacheStats counts cache activity since New.
+type CacheStats struct {
+	// Hits and Misses count Lookup calls answered from the cache or from KV.
+	Hits, Misses uint64
+	// Invalidations counts cached keys dropped because their KV entry changed.
+	Invalidations uint64
+	// Flushes counts whole-cache resets after a lost NATS connection.
+	Flushes uint64
+	// Entries is the number of keys cached now.
+	Entries int
+}
+
+// CacheStats returns the cache counters (for metrics).
+func (r *Registry) CacheStats() CacheStats { return r.cache.stats() }

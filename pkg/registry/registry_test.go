@@ -1,0 +1,380 @@
+package registry_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/testenv"
+	"github.com/devstatus/devstatus/pkg/bus"
+	"github.com/devstatus/devstatus/pkg/clock"
+	"github.com/devstatus/devstatus/pkg/registry"
+)
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func newRegistry(t *testing.T, b *bus.Bus, run bool) *registry.Registry {
+	t.Helper()
+	r, err := registry.New(registry.Config{Bus: b, Clock: clock.NewFake(t0), Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = r.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		waitFor(t, "watch established", r.Watching)
+	}
+	return r
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// inputEvents returns every event on the input stream, in order.
+func inputEvents(t *testing.T, b *bus.Bus) []*events.Input {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := b.JS.Stream(ctx, events.InputStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*events.Input
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := events.DecodeInput(m.Data)
+		if err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+		if m.Subject != events.DeviceSubject(in.Device, b.Partitions()) {
+			t.Errorf("event %s of %q on subject %q", in.ID, in.Device, m.Subject)
+		}
+		out = append(out, in)
+	}
+	return out
+}
+
+func ofType(evs []*events.Input, typ events.Type) []*events.Input {
+	var out []*events.Input
+	for _, e := range evs {
+		if e.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestRegisterGetAndEvents(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r := newRegistry(t, b, false)
+	ctx := context.Background()
+	for _, id := range []string{"kiosk-1", "A.x", "*", "a/b", "Gerät 東京"} {
+		tok, err := r.Register(ctx, id, "lobby", "")
+		if err != nil {
+			t.Fatalf("%q: %v", id, err)
+		}
+		if len(tok) < 43 {
+			t.Errorf("token %q is shorter than 256 bits", tok)
+		}
+		d, err := r.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.ID != id || d.Group != "lobby" || d.TokenHash != registry.HashToken(tok) || d.Revision == 0 || !d.RegisteredAt.Equal(t0) {
+			t.Errorf("Get(%q) = %+v", id, d)
+		}
+		if strings.Contains(d.TokenHash, tok) {
+			t.Error("token stored in clear")
+		}
+		if _, err := r.Authenticate(ctx, id, tok); err != nil {
+			t.Errorf("Authenticate(%q): %v", id, err)
+		}
+		if _, err := r.Authenticate(ctx, id, tok+"x"); !errors.Is(err, registry.ErrBadToken) {
+			t.Errorf("wrong token: %v", err)
+		}
+	}
+	if _, err := r.Register(ctx, "kiosk-1", "", ""); !errors.Is(err, registry.ErrExists) {
+		t.Errorf("second register: %v", err)
+	}
+	regs := ofType(inputEvents(t, b), events.TypeDeviceRegistered)
+	if len(regs) != 5 || regs[0].Registered.Group != "lobby" || regs[0].Actor != registry.Actor {
+		t.Errorf("registered events: %d %+v", len(regs), regs)
+	}
+}
+
+func TestRegisterRefusesBadInput(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r := newRegistry(t, b, false)
+	ctx := context.Background()
+	var idErr *registry.InvalidIDError
+	for _, id := range []string{"", strings.Repeat("x", 129), "a\x00b", "bad\xff", "tab\t"} {
+		if _, err := r.Register(ctx, id, "", ""); !errors.As(err, &idErr) {
+			t.Errorf("id %q: %v", id, err)
+		}
+	}
+	if _, err := r.Register(ctx, "", "", ""); !errors.Is(err, events.ErrDeviceIDEmpty) {
+		t.Errorf("empty id does not unwrap to events.ErrDeviceIDEmpty: %v", err)
+	}
+	if _, err := r.Register(ctx, "x", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []string{strings.Repeat("g", 65), "a\nb", "\xff"} {
+		if _, err := r.Register(ctx, "y", g, ""); !errors.Is(err, registry.ErrInvalidGroup) {
+			t.Errorf("group %q: %v", g, err)
+		}
+	}
+	if _, err := r.Register(ctx, "y", "", "gw\x00"); !errors.Is(err, registry.ErrInvalidGateway) {
+		t.Errorf("gateway: %v", err)
+	}
+	if _, err := r.Get(ctx, "nope"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("Get unknown: %v", err)
+	}
+	if got := len(ofType(inputEvents(t, b), events.TypeDeviceRegistered)); got != 1 {
+		t.Errorf("%d registered events, want 1 (only x)", got)
+	}
+}
+
+func TestDecommissionAndReRegister(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r := newRegistry(t, b, true)
+	ctx := context.Background()
+	tok, err := r.Register(ctx, "d1", "g", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Decommission(ctx, "d1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Decommission(ctx, "d1"); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	if _, err := r.Authenticate(ctx, "d1", tok); !errors.Is(err, registry.ErrDecommissioned) {
+		t.Errorf("decommissioned auth: %v", err)
+	}
+	if _, err := r.SetRemoteControl(ctx, "d1", true); !errors.Is(err, registry.ErrDecommissioned) {
+		t.Errorf("SetRemoteControl: %v", err)
+	}
+	if _, err := r.RequestReconnect(ctx, "d1"); !errors.Is(err, registry.ErrDecommissioned) {
+		t.Errorf("RequestReconnect: %v", err)
+	}
+	if err := r.Decommission(ctx, "nope"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("Decommission unknown: %v", err)
+	}
+	// Re-registration gives a new token; the old one stops working.
+	tok2, err := r.Register(ctx, "d1", "g2", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Authenticate(ctx, "d1", tok); !errors.Is(err, registry.ErrBadToken) {
+		t.Errorf("old token after re-register: %v", err)
+	}
+	e, err := r.Authenticate(ctx, "d1", tok2)
+	if err != nil || e.Group != "g2" || e.Decommissioned {
+		t.Errorf("new token: %+v %v", e, err)
+	}
+	evs := inputEvents(t, b)
+	if n := len(ofType(evs, events.TypeDeviceDecommissioned)); n != 1 {
+		t.Errorf("%d decommissioned events, want 1 (the repeat is deduplicated)", n)
+	}
+	if n := len(ofType(evs, events.TypeDeviceRegistered)); n != 2 {
+		t.Errorf("%d registered events, want 2", n)
+	}
+}
+
+func TestRemoteControlAndReconnect(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r := newRegistry(t, b, true)
+	ctx := context.Background()
+	if _, err := r.Register(ctx, "d", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.SetRemoteControl(ctx, "d", true)
+	if err != nil || !d.RemoteControlEnabled {
+		t.Fatalf("%+v %v", d, err)
+	}
+	if _, err := r.SetRemoteControl(ctx, "d", true); err != nil {
+		t.Fatal(err)
+	}
+	e, err := r.Lookup(ctx, "d")
+	if err != nil || !e.RemoteControlEnabled {
+		t.Errorf("Lookup after SetRemoteControl: %+v %v", e, err)
+	}
+	if taken, err := r.TakeReconnect(ctx, "d"); taken || err != nil {
+		t.Errorf("take without request: %v %v", taken, err)
+	}
+	id1, err := r.RequestReconnect(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, err := r.RequestReconnect(ctx, "d")
+	if err != nil || id1 != id2 {
+		t.Errorf("repeated request: %q %q %v", id1, id2, err)
+	}
+	if e, _ := r.Lookup(ctx, "d"); !e.PendingReconnect {
+		t.Error("pending reconnect not visible")
+	}
+	// Two registry instances (two bridges) race to take it: exactly one wins.
+	r2 := newRegistry(t, b, true)
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(rr *registry.Registry) {
+			defer wg.Done()
+			taken, err := rr.TakeReconnect(ctx, "d")
+			if err != nil {
+				t.Error(err)
+			}
+			if taken {
+				wins.Add(1)
+			}
+		}([]*registry.Registry{r, r2}[i%2])
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Errorf("%d winners, want 1", wins.Load())
+	}
+	evs := inputEvents(t, b)
+	if n := len(ofType(evs, events.TypeRemoteControlChanged)); n != 1 {
+		t.Errorf("%d remote_control_changed, want 1", n)
+	}
+	if n := len(ofType(evs, events.TypeReconnectRequested)); n != 1 {
+		t.Errorf("%d reconnect_requested, want 1", n)
+	}
+	del := ofType(evs, events.TypeReconnectDelivered)
+	if len(del) != 1 || del[0].ID != "rd-"+id1 {
+		t.Errorf("reconnect_delivered: %+v", del)
+	}
+}
+
+// TestCacheInvalidatedAcrossInstances: a change made through another instance
+// is seen through the watcher; only the changed key is dropped.
+func TestCacheInvalidatedAcrossInstances(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r1 := newRegistry(t, b, true)
+	r2 := newRegistry(t, b, true)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b"} {
+		if _, err := r2.Register(ctx, id, "", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		for _, id := range []string{"a", "b"} {
+			if _, err := r1.Lookup(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := r1.Lookup(ctx, "ghost"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatal(err)
+	}
+	s := r1.CacheStats()
+	if s.Misses != 3 || s.Hits != 4 || s.Entries != 3 {
+		t.Fatalf("stats after warm-up: %+v", s)
+	}
+	if _, err := r2.SetRemoteControl(ctx, "a", true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "invalidation of a", func() bool { return r1.CacheStats().Invalidations >= 1 })
+	if e, _ := r1.Lookup(ctx, "a"); !e.RemoteControlEnabled {
+		t.Error("stale remote control after another instance's change")
+	}
+	if _, err := r1.Lookup(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	s = r1.CacheStats()
+	if s.Invalidations != 1 || s.Misses != 4 || s.Flushes != 0 {
+		t.Errorf("only a should have been dropped: %+v", s)
+	}
+	// A negative entry is dropped when the device gets registered elsewhere.
+	if _, err := r2.Register(ctx, "ghost", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ghost visible", func() bool { _, err := r1.Lookup(ctx, "ghost"); return err == nil })
+}
+
+func TestCacheBounded(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r, err := registry.New(registry.Config{Bus: b, CacheSize: 5, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	waitFor(t, "watch", r.Watching)
+	for i := 0; i < 50; i++ {
+		_, _ = r.Lookup(ctx, "dev-"+string(rune('a'+i%26))+strings.Repeat("x", i))
+	}
+	if n := r.CacheStats().Entries; n > 5 {
+		t.Errorf("%d entries in a cache of 5", n)
+	}
+}
+
+// TestRegisterRollsBackWhenPublishFails: without the input stream the
+// registration event cannot be acknowledged: the KV entry is removed and the
+// error is ErrUnavailable.
+func TestRegisterRollsBackWhenPublishFails(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r := newRegistry(t, b, false)
+	ctx := context.Background()
+	if err := b.JS.DeleteStream(ctx, events.InputStream); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Register(ctx, "d", "", "")
+	if !errors.Is(err, registry.ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+	if _, err := r.Get(ctx, "d"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("entry left behind: %v", err)
+	}
+}
+
+func TestUnavailableWhenBusDown(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r := newRegistry(t, b, false)
+	b.Server.Shutdown()
+	b.Server.WaitForShutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := r.Register(ctx, "d", "", ""); !errors.Is(err, registry.ErrUnavailable) {
+		t.Errorf("Register: %v", err)
+	}
+	if _, err := r.Lookup(ctx, "d"); !errors.Is(err, registry.ErrUnavailable) {
+		t.Errorf("Lookup: %v", err)
+	}
+}
+
+func TestInvalidConfig(t *testing.T) {
+	if _, err := registry.New(registry.Config{}); !errors.Is(err, registry.ErrInvalidConfig) {
+		t.Errorf("err = %v", err)
+	}
+}
