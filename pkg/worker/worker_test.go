@@ -1,0 +1,245 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/testenv"
+	"github.com/devstatus/devstatus/pkg/bus"
+)
+
+// pub publishes input events straight to the input stream, as the bridge
+// and ticker do.
+type pub struct {
+	t *testing.T
+	b *bus.Bus
+	n int
+}
+
+func (p *pub) publish(in *events.Input) {
+	p.t.Helper()
+	p.n++
+	if in.ID == "" {
+		in.ID = fmt.Sprintf("test-%d", p.n)
+	}
+	data, err := events.EncodeInput(in)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	subj := events.DeviceSubject(in.Device, p.b.Partitions())
+	if in.Type == events.TypeTick {
+		subj = ""
+	}
+	if subj == "" {
+		for part := 0; part < p.b.Partitions(); part++ {
+			tick := *in
+			tick.ID = fmt.Sprintf("tick-%d-%d", part, in.At.UnixNano())
+			data, _ = events.EncodeInput(&tick)
+			if _, err := p.b.JS.Publish(context.Background(), events.TickSubject(part), data, jetstream.WithMsgID(tick.ID)); err != nil {
+				p.t.Fatal(err)
+			}
+		}
+		return
+	}
+	if _, err := p.b.JS.Publish(context.Background(), subj, data, jetstream.WithMsgID(in.ID)); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *pub) register(id, group string, at time.Time) {
+	p.publish(&events.Input{Type: events.TypeDeviceRegistered, Device: id, At: at, Registered: &events.Registered{Group: group}})
+}
+func (p *pub) heartbeat(id string, at time.Time) {
+	p.publish(&events.Input{Type: events.TypeHeartbeat, Device: id, At: at})
+}
+func (p *pub) tick(at time.Time) { p.publish(&events.Input{Type: events.TypeTick, At: at}) }
+
+// transitions reads the whole transitions stream, waiting until it holds at
+// least want messages (or 10 s passed).
+func transitions(t *testing.T, b *bus.Bus, want int) []events.StatusChanged {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := b.JS.Stream(ctx, events.TransitionStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(info.State.Msgs) >= want || time.Now().After(deadline) {
+			var out []events.StatusChanged
+			for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+				m, err := st.GetMsg(ctx, seq)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sc, err := events.DecodeStatusChanged(m.Data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, *sc)
+			}
+			return out
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func summarize(trs []events.StatusChanged, t0 time.Time) []string {
+	var out []string
+	for _, tr := range trs {
+		out = append(out, fmt.Sprintf("%s:%s>%s@%s", tr.Device, tr.From, tr.To, tr.At.Sub(t0)))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func startWorker(t *testing.T, b *bus.Bus, id string, ttl time.Duration) (stop func()) {
+	t.Helper()
+	w, err := New(Config{Bus: b, InstanceID: id, Logger: testenv.Logger(t), SnapshotInterval: 50 * time.Millisecond, LeaseTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = w.Run(ctx) }()
+	return func() { cancel(); wg.Wait() }
+}
+
+func TestWorkerEndToEndOverJetStream(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{Partitions: 4})
+	p := &pub{t: t, b: b}
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	ids := []string{"A", "A.x", "*", "B b/ü"}
+	for _, id := range ids {
+		p.register(id, "", t0.Add(-time.Second))
+		p.heartbeat(id, t0)
+	}
+	stop := startWorker(t, b, "w1", 3*time.Second)
+	p.heartbeat("A", t0.Add(30*time.Second))
+	p.tick(t0.Add(41 * time.Second))
+	got := transitions(t, b, 7)
+	want := []string{"*:connected>temporarily_offline@40s", "*:registered>connected@0s", "A.x:connected>temporarily_offline@40s",
+		"A.x:registered>connected@0s", "A:registered>connected@0s", "B b/ü:connected>temporarily_offline@40s", "B b/ü:registered>connected@0s"}
+	if strings.Join(summarize(got, t0), " ") != strings.Join(want, " ") {
+		t.Fatalf("got  %v\nwant %v", summarize(got, t0), want)
+	}
+
+	// Restart: stop (final snapshot), publish more, start again: no
+	// duplicates, the new run resumes after the snapshot.
+	stop()
+	p.heartbeat("A.x", t0.Add(45*time.Second))
+	p.tick(t0.Add(71 * time.Second))
+	stop = startWorker(t, b, "w2", 3*time.Second)
+	defer stop()
+	got = transitions(t, b, 9)
+	if len(got) != 9 {
+		t.Fatalf("after restart: %d transitions: %v", len(got), summarize(got, t0))
+	}
+	seen := map[string]bool{}
+	for _, tr := range got {
+		if seen[tr.ID] {
+			t.Fatalf("duplicate transition %s", tr.ID)
+		}
+		seen[tr.ID] = true
+	}
+	last := got[len(got)-2:]
+	if s := summarize(last, t0); strings.Join(s, " ") != "A.x:temporarily_offline>connected@45s A:connected>temporarily_offline@1m10s" {
+		t.Fatalf("after restart: %v", s)
+	}
+}
+
+// A worker that lost its partition cannot publish: the second publisher's
+// expected-last-sequence no longer matches.
+func TestPublisherFenced(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{Partitions: 1})
+	ctx := context.Background()
+	mk := func() *publisher {
+		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil)}
+		if err := o.init(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	a, c := mk(), mk()
+	tr := func(seq uint64) *events.StatusChanged {
+		sc := &events.StatusChanged{V: 1, Device: "A", From: events.StatusRegistered, To: events.StatusConnected,
+			ReasonCode: events.ReasonHeartbeat, At: time.Now(), Cause: events.Cause{Seq: seq}}
+		sc.ID = sc.MsgID()
+		return sc
+	}
+	if err := a.publish(ctx, tr(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.publish(ctx, tr(2)); !errors.Is(err, ErrFenced) {
+		t.Fatalf("stale owner published: %v", err)
+	}
+	if err := a.publish(ctx, tr(3)); err != nil {
+		t.Fatal(err)
+	}
+	// A fresh publisher (a restarted worker) skips what was published.
+	d := mk()
+	if d.lastCause.seq != 3 {
+		t.Fatalf("last cause %d", d.lastCause.seq)
+	}
+	if err := d.publish(ctx, tr(2)); err != nil {
+		t.Fatal(err)
+	}
+	if got := transitions(t, b, 2); len(got) != 2 {
+		t.Fatalf("%d transitions", len(got))
+	}
+}
+
+// A crashed worker's partitions move to another instance after the lease
+// TTL, and nothing is lost or duplicated.
+func TestFailoverAfterCrash(t *testing.T) {
+	b1 := testenv.NATS(t, bus.Config{Partitions: 2, ListenAddr: "127.0.0.1:-1", LeaseTTL: 2 * time.Second})
+	b2, err := bus.Open(context.Background(), bus.Config{URL: b1.ClientURL(), Logger: testenv.Logger(t), LeaseTTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pub{t: t, b: b1}
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	// Five devices in each of the two partitions.
+	perPart := map[int]int{}
+	for i := 0; len(perPart) < 2 || perPart[0] < 5 || perPart[1] < 5; i++ {
+		id := fmt.Sprintf("device %d", i*7919)
+		if perPart[events.Partition(id, 2)] == 5 {
+			continue
+		}
+		perPart[events.Partition(id, 2)]++
+		p.register(id, "", t0)
+		p.heartbeat(id, t0)
+	}
+	stop1 := startWorker(t, b2, "crashing", 2*time.Second)
+	transitions(t, b1, 10)
+	b2.NC.Close() // crash: no release, no final snapshot
+	stop1()
+	p.tick(t0.Add(41 * time.Second))
+	stop3 := startWorker(t, b1, "survivor", 2*time.Second)
+	defer stop3()
+	got := transitions(t, b1, 20)
+	if len(got) != 20 {
+		t.Fatalf("%d transitions after failover: %v", len(got), summarize(got, t0))
+	}
+	seen := map[string]bool{}
+	for _, tr := range got {
+		if seen[tr.ID] {
+			t.Fatalf("duplicate %s", tr.ID)
+		}
+		seen[tr.ID] = true
+	}
+}
