@@ -1,0 +1,91 @@
+# devstatus — the index of tasks. `make` (or `make help`) lists them.
+#
+# Postgres: targets that need one use $DATABASE_URL when it is set; otherwise they start a private
+# local cluster with deploy/pg-local.sh (run: 127.0.0.1:5433 db devstatus, data ./data/postgres;
+# tests: 127.0.0.1:5434 db devstatus_test, data ./.pgdata/test). `make pg-stop` stops both.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GO            ?= go
+PKGS          ?= ./...
+ARGS          ?=
+TEST_TIMEOUT  ?= 20m
+FUZZTIME      ?= 10s
+TEST_FUZZTIME ?= 5s
+BENCH         ?= .
+# golangci-lint, pinned, built from the Go module proxy on first use (about a minute, then cached).
+# GOLANGCI=0 skips it (gofmt + go vet only).
+GOLANGCI              ?= 1
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT         ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+# Go files of the repository: tracked and new-but-not-ignored (skips ./data, ./.pgdata, ./bin).
+GO_FILES = git ls-files -co --exclude-standard -- '*.go' | while IFS= read -r f; do [ -f "$$f" ] && printf '%s\n' "$$f"; done
+
+.PHONY: help run build migrate test test-race test-short bench fuzz lint fmt pg-start pg-stop pg-status nats-up nats-down clean
+
+help: ## list the targets
+	@echo "usage: make TARGET [VAR=value ...]"
+	@echo
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "variables: ARGS (extra flags for run), PKGS (default ./...), FUZZTIME (default 10s per target),"
+	@echo "           TEST_FUZZTIME (fuzz time per target inside 'make test', default 5s), BENCH (regexp),"
+	@echo "           GOLANGCI=0 (lint without golangci-lint), DATABASE_URL (use this Postgres, start none)"
+
+run: ## run the service: local Postgres (unless DATABASE_URL is set), migrate, `devstatus serve` with embedded NATS in ./data; ARGS=flags
+	@exec deploy/run-local.sh $(ARGS)
+
+build: ## build every binary of cmd/ into ./bin
+	@mkdir -p bin
+	$(GO) build -o bin/ ./cmd/...
+
+migrate: ## apply the Postgres schema (devstatus migrate) to DATABASE_URL or the local Postgres
+	deploy/with-pg.sh $(GO) run ./cmd/devstatus migrate
+
+test: ## race tests against the test Postgres (started when DATABASE_URL is unset), then every fuzz target for TEST_FUZZTIME
+	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+test-race: ## race tests only (no fuzz)
+	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+
+test-short: ## quick tests (-short: integration tests skip themselves), no race detector
+	deploy/with-pg.sh --test $(GO) test -short -count=1 $(PKGS)
+
+bench: ## benchmarks (BENCH=regexp), with allocations
+	deploy/with-pg.sh --test $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem $(PKGS)
+
+fuzz: ## run each Fuzz* target for FUZZTIME (go test -fuzz takes one target of one package at a time)
+	deploy/with-pg.sh --test scripts/fuzz.sh $(FUZZTIME)
+
+lint: ## gofmt check, go vet, golangci-lint (config scripts/golangci.yml)
+	@echo "gofmt -l"; out=$$($(GO_FILES) | xargs -r gofmt -l); if [ -n "$$out" ]; then echo "not gofmt'ed (run make fmt):"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+ifneq ($(GOLANGCI),0)
+	$(GOLANGCI_LINT) run --config scripts/golangci.yml $(PKGS)
+endif
+
+fmt: ## gofmt -w every Go file
+	@$(GO_FILES) | xargs -r gofmt -l -w
+
+pg-start: ## start the local Postgres for run (prints DATABASE_URL=...)
+	@deploy/pg-local.sh start
+
+pg-stop: ## stop the local Postgres clusters (run and test)
+	@deploy/pg-local.sh stop
+	@deploy/pg-local.sh --test stop
+
+pg-status: ## show the local Postgres clusters
+	@deploy/pg-local.sh status || true
+	@deploy/pg-local.sh --test status || true
+
+nats-up: ## start the 3-node NATS JetStream cluster of deploy/nats on 127.0.0.1:4222-4224
+	@deploy/nats/cluster.sh start
+
+nats-down: ## stop that cluster
+	@deploy/nats/cluster.sh stop
+
+clean: ## remove ./bin (leaves ./data and the Postgres clusters alone)
+	rm -rf bin
