@@ -4,11 +4,13 @@
 # Usage: deploy/run-local.sh [serve flags...]     (e.g. deploy/run-local.sh --http-addr :9090)
 #
 # - Builds ./bin/devstatus (a built binary gets signals itself; `go run` would sit in between).
+#   DEVSTATUS_BIN=path runs that binary instead, without building.
 # - When DATABASE_URL is unset, starts the private Postgres of deploy/pg-local.sh (127.0.0.1:5433,
 #   data in ./data/postgres) and exports its URL. If this script started that cluster, it stops
 #   it again when the service exits; a cluster that was already running is left running.
-# - Applies the schema (`devstatus migrate`; set DEVSTATUS_RUN_MIGRATE=0 to skip), then runs
-#   `devstatus serve` with the embedded JetStream server in ./data (no --nats-url).
+# - Runs `devstatus serve` (which applies the schema at start: --migrate defaults to true) with the
+#   embedded JetStream server in ./data (no --nats-url; it also listens on 127.0.0.1:4222, see
+#   --nats-listen, so stop `make nats-up`'s cluster first or pass --nats-listen '').
 # - Ctrl-C (SIGINT) or SIGTERM stops the service gracefully, once.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,12 +19,20 @@ GO=${GO:-go}
 
 note() { echo "run-local: $*" >&2; }
 
-note "building ./bin/devstatus"
-mkdir -p bin
-"$GO" build -o bin/devstatus ./cmd/devstatus
+bin=${DEVSTATUS_BIN:-}
+if [[ -z $bin ]]; then
+	note "building ./bin/devstatus"
+	mkdir -p bin
+	"$GO" build -o bin/devstatus ./cmd/devstatus
+	bin=bin/devstatus
+fi
 
 started_pg=0
-if [[ -z ${DATABASE_URL:-} ]]; then
+# a Postgres given any way the binary reads one (env, DEVSTATUS_ env, flag) is used as is
+given_db=0
+[[ -n ${DATABASE_URL:-} || -n ${DEVSTATUS_DATABASE_URL:-} ]] && given_db=1
+for a in "$@"; do [[ $a == --database-url* || $a == -database-url* ]] && given_db=1; done
+if [[ $given_db == 0 ]]; then
 	if ! deploy/pg-local.sh status >/dev/null 2>&1; then started_pg=1; fi
 	out=$(deploy/pg-local.sh start)
 	DATABASE_URL=${out##*DATABASE_URL=}
@@ -33,21 +43,16 @@ if [[ -z ${DATABASE_URL:-} ]]; then
 	fi
 fi
 
-if [[ ${DEVSTATUS_RUN_MIGRATE:-1} != 0 ]]; then
-	note "devstatus migrate"
-	bin/devstatus migrate
-fi
-
 if [[ $started_pg == 0 ]]; then
 	note "exec devstatus serve $*"
-	exec bin/devstatus serve "$@"
+	exec "$bin" serve "$@"
 fi
 
 # We own the Postgres: run the service as a child in its own session, so that a terminal Ctrl-C
 # reaches it once, through us (not twice: once from the terminal and once forwarded), then stop
 # the cluster when it is gone.
 note "devstatus serve $* (Ctrl-C stops it, then the local Postgres)"
-setsid bin/devstatus serve "$@" &
+setsid "$bin" serve "$@" &
 child=$!
 # shellcheck disable=SC2317 # called from the traps below
 forward() { kill "-$1" "$child" 2>/dev/null || true; }
