@@ -39,7 +39,7 @@ run: ## run the service: local Postgres (unless DATABASE_URL is set), migrate, `
 
 build: ## build every binary of cmd/ into ./bin
 	@mkdir -p bin
-	$(GO) build -o bin/ ./cmd/...
+	@if compgen -G 'cmd/*/*.go' >/dev/null; then echo "$(GO) build -o bin/ ./cmd/..."; $(GO) build -o bin/ ./cmd/...; else echo "build: no binaries under cmd/ yet"; fi
 
 migrate: ## apply the Postgres schema (devstatus migrate) to DATABASE_URL or the local Postgres
 	deploy/with-pg.sh $(GO) run ./cmd/devstatus migrate
