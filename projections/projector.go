@@ -72,6 +72,13 @@ type Config struct {
 	// LagInterval is how often the lag against the stream is measured.
 	// Default 2s.
 	LagInterval time.Duration
+	// SynchronousCommit makes each batch commit wait for its WAL flush.
+	// Default false: batches commit with synchronous_commit = off, which
+	// Postgres keeps atomic and ordered; a Postgres or OS crash may forget
+	// the last ~0.6 s of batches together with their checkpoint, and the
+	// projector re-applies them from the stream on restart. Safe because the
+	// projection is derived data; it saves a disk flush per batch.
+	SynchronousCommit bool
 	// StallTimeout: a projection with events pending that has committed
 	// nothing for this long reports not ready. Default 30s.
 	StallTimeout time.Duration

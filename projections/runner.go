@@ -159,11 +159,13 @@ func (r *runner[T]) consume(ctx context.Context, until bool) error {
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
-	msgs := make(chan rawMsg, bs)
+	// The reader decodes while the previous batch is being written: on a
+	// 2-core machine JSON decoding and Postgres overlap.
+	msgs := make(chan slot[T], bs)
 	errc := make(chan error, 1)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { readMessages(it, msgs, errc, done) })
+	wg.Go(func() { r.readMessages(it, msgs, errc, done) })
 	defer func() {
 		close(done)
 		it.Stop()
@@ -172,7 +174,7 @@ func (r *runner[T]) consume(ctx context.Context, until bool) error {
 	r.st.start(r.p.cfg.Clock.Now(), cp)
 	r.log.Info("projecting", slog.Uint64("from_seq", cp+1))
 
-	batch := make([]rawMsg, 0, bs)
+	batch := make([]slot[T], 0, bs)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -198,18 +200,18 @@ func (r *runner[T]) consume(ctx context.Context, until bool) error {
 			}
 		}
 		timer.Stop()
-		if err := r.apply(ctx, batch); err != nil {
+		if err := r.applySlots(ctx, batch, r.p.cfg.MaxAttempts, time.Time{}); err != nil {
 			return err
 		}
-		if until && batch[len(batch)-1].Seq >= target {
+		if until && batch[len(batch)-1].msg.Seq >= target {
 			return nil
 		}
 	}
 }
 
-// readMessages forwards messages from it to out until it fails or done is
+// readMessages decodes messages from it into out until it fails or done is
 // closed.
-func readMessages(it jetstream.MessagesContext, out chan<- rawMsg, errc chan<- error, done <-chan struct{}) {
+func (r *runner[T]) readMessages(it jetstream.MessagesContext, out chan<- slot[T], errc chan<- error, done <-chan struct{}) {
 	for {
 		m, err := it.Next()
 		if err != nil {
@@ -227,13 +229,23 @@ func readMessages(it jetstream.MessagesContext, out chan<- rawMsg, errc chan<- e
 			}
 			return
 		}
-		rm := rawMsg{Seq: md.Sequence.Stream, Subject: m.Subject(), Data: m.Data(), Time: md.Timestamp, Pending: md.NumPending}
+		rm := &rawMsg{Seq: md.Sequence.Stream, Subject: m.Subject(), Data: m.Data(), Time: md.Timestamp, Pending: md.NumPending}
 		select {
-		case out <- rm:
+		case out <- r.decode(rm):
 		case <-done:
 			return
 		}
 	}
+}
+
+// decode makes the slot of one message.
+func (r *runner[T]) decode(m *rawMsg) slot[T] {
+	s := slot[T]{msg: m}
+	s.v, s.err = r.k.decode(m)
+	if s.err != nil {
+		s.tries = 1
+	}
+	return s
 }
 
 // lastSeq is the sequence of the stream's last message for the filter (0
@@ -338,11 +350,7 @@ func (r *runner[T]) loadCheckpoint(ctx context.Context) (uint64, error) {
 func (r *runner[T]) apply(ctx context.Context, batch []rawMsg) error {
 	slots := make([]slot[T], len(batch))
 	for i := range batch {
-		slots[i].msg = &batch[i]
-		slots[i].v, slots[i].err = r.k.decode(&batch[i])
-		if slots[i].err != nil {
-			slots[i].tries = 1
-		}
+		slots[i] = r.decode(&batch[i])
 	}
 	return r.applySlots(ctx, slots, r.p.cfg.MaxAttempts, time.Time{})
 }
@@ -419,6 +427,11 @@ func (r *runner[T]) commit(ctx context.Context, slots []slot[T], firstFail time.
 			_ = tx.Rollback()
 		}
 	}()
+	if !r.p.cfg.SynchronousCommit {
+		if _, err = tx.ExecContext(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+			return res, err
+		}
+	}
 	items := make([]T, 0, len(slots))
 	for i := range slots {
 		if slots[i].err == nil {
