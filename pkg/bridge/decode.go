@@ -1,0 +1,301 @@
+package bridge
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+	"unicode/utf8"
+
+	"github.com/devstatus/devstatus/pkg/httpx"
+)
+
+// MaxMetricKeyLen is the longest metric key in bytes.
+const MaxMetricKeyLen = 128
+
+// requestError is a refusal of a request body: always HTTP 400.
+type requestError struct {
+	code, msg string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+func malformed(format string, a ...any) error {
+	return &requestError{code: httpx.CodeMalformedJSON, msg: fmt.Sprintf(format, a...)}
+}
+
+func invalidField(format string, a ...any) error {
+	return &requestError{code: httpx.CodeUnprocessableEntity, msg: fmt.Sprintf(format, a...)}
+}
+
+func badRequest(format string, a ...any) error {
+	return &requestError{code: httpx.CodeBadRequest, msg: fmt.Sprintf(format, a...)}
+}
+
+// checkText refuses what JSON decoding would silently accept but the rest of
+// the pipeline cannot store: invalid UTF-8 (encoding/json would replace it
+// with U+FFFD), the escape \u0000 (Postgres refuses NUL in text and jsonb)
+// and unpaired UTF-16 surrogate escapes (Postgres jsonb refuses them). A raw
+// NUL or other control byte is invalid JSON anyway.
+func checkText(b []byte) error {
+	if !utf8.Valid(b) {
+		return malformed("body is not valid UTF-8")
+	}
+	if bytes.IndexByte(b, 0) >= 0 {
+		return malformed("body contains a NUL byte")
+	}
+	inStr := false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !inStr {
+			if c == '"' {
+				inStr = true
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inStr = false
+		case '\\':
+			if i+1 >= len(b) {
+				return nil // unterminated: the JSON decoder reports it
+			}
+			i++
+			if b[i] != 'u' {
+				continue
+			}
+			r, ok := hex4(b, i+1)
+			if !ok {
+				return nil // invalid escape: the JSON decoder reports it
+			}
+			i += 4
+			switch {
+			case r == 0:
+				return malformed(`strings must not contain NUL (\u0000)`)
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return malformed("strings must not contain an unpaired UTF-16 surrogate")
+			case r >= 0xD800 && r <= 0xDBFF:
+				if i+2 < len(b) && b[i+1] == '\\' && b[i+2] == 'u' {
+					if lo, ok := hex4(b, i+3); ok && lo >= 0xDC00 && lo <= 0xDFFF {
+						i += 6
+						continue
+					}
+				}
+				return malformed("strings must not contain an unpaired UTF-16 surrogate")
+			}
+		}
+	}
+	return nil
+}
+
+func hex4(b []byte, at int) (rune, bool) {
+	if at+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[at : at+4] {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c-'a') + 10
+		case c >= 'A' && c <= 'F':
+			r |= rune(c-'A') + 10
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
+// parseObject parses body as exactly one JSON object whose keys are among
+// allowed (matched exactly, case-sensitively), each at most once, with
+// nothing but white space after it. It returns the raw value of each key
+// present. Unknown keys, duplicate keys, a non-object and trailing data are
+// refused (400).
+func parseObject(body []byte, allowed ...string) (map[string]json.RawMessage, error) {
+	if err := checkText(body); err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, malformed("body is not JSON: %v", err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, malformed("body must be a JSON object")
+	}
+	out := make(map[string]json.RawMessage, len(allowed))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, malformed("malformed JSON: %v", err)
+		}
+		key, _ := tok.(string)
+		known := false
+		for _, a := range allowed {
+			if key == a {
+				known = true
+				break
+			}
+		}
+		if !known {
+			return nil, badRequest("unknown field %q", key)
+		}
+		if _, dup := out[key]; dup {
+			return nil, badRequest("field %q appears twice", key)
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, malformed("malformed JSON: %v", err)
+		}
+		out[key] = raw
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, malformed("malformed JSON: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, malformed("trailing data after the JSON object")
+	}
+	return out, nil
+}
+
+func isNull(raw json.RawMessage) bool { return raw == nil || string(raw) == "null" }
+
+// parseTime decodes an RFC 3339 time field (null or absent: nil).
+func parseTime(field string, raw json.RawMessage) (*time.Time, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, invalidField("%s must be an RFC 3339 time string", field)
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return nil, invalidField("%s must be an RFC 3339 time: %v", field, err)
+	}
+	t = t.UTC()
+	return &t, nil
+}
+
+// heartbeatBody is a decoded heartbeat request.
+type heartbeatBody struct {
+	DeviceTime *time.Time
+	Metrics    json.RawMessage // compact JSON object, or nil
+}
+
+// decodeHeartbeat decodes a heartbeat body:
+//
+//	{"device_time": "<RFC 3339>", "metrics": {"battery": 87, ...}}
+//
+// Both fields are optional; an empty (or all white space) body is a heartbeat
+// without metrics. Unknown top-level fields are refused (400) so that a typo
+// ("metric") is not silently dropped; unknown metric keys are kept verbatim.
+// Metrics: a JSON object (or null) of at most maxMetrics keys, each key 1–128
+// bytes, each value's JSON at most maxMetricBytes bytes, no duplicate keys.
+func decodeHeartbeat(body []byte, maxMetrics, maxMetricBytes int) (heartbeatBody, error) {
+	var hb heartbeatBody
+	if len(bytes.TrimSpace(body)) == 0 {
+		return hb, nil
+	}
+	f, err := parseObject(body, "device_time", "metrics")
+	if err != nil {
+		return hb, err
+	}
+	if hb.DeviceTime, err = parseTime("device_time", f["device_time"]); err != nil {
+		return hb, err
+	}
+	if hb.Metrics, err = checkMetrics(f["metrics"], maxMetrics, maxMetricBytes); err != nil {
+		return hb, err
+	}
+	return hb, nil
+}
+
+// checkMetrics validates the metrics object and returns it compacted.
+func checkMetrics(raw json.RawMessage, maxMetrics, maxMetricBytes int) (json.RawMessage, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, malformed("malformed metrics: %v", err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, invalidField("metrics must be a JSON object")
+	}
+	seen := make(map[string]struct{})
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, malformed("malformed metrics: %v", err)
+		}
+		key, _ := tok.(string)
+		if key == "" || len(key) > MaxMetricKeyLen {
+			return nil, invalidField("metric keys must be 1 to %d bytes", MaxMetricKeyLen)
+		}
+		if _, dup := seen[key]; dup {
+			return nil, invalidField("metric %q appears twice", key)
+		}
+		seen[key] = struct{}{}
+		if len(seen) > maxMetrics {
+			return nil, invalidField("more than %d metrics", maxMetrics)
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, malformed("malformed metrics: %v", err)
+		}
+		if len(v) > maxMetricBytes {
+			return nil, invalidField("metric %q is larger than %d bytes", key, maxMetricBytes)
+		}
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return nil, malformed("malformed metrics: %v", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// pingBody is a decoded ping result request.
+type pingBody struct {
+	OK        bool
+	RTTMs     int64
+	CheckedAt *time.Time
+	Error     string
+}
+
+// pingErrors are the failure classes a ping result may carry.
+var pingErrors = map[string]bool{"timeout": true, "refused": true, "dns": true, "tls": true, "http_status": true, "other": true}
+
+// decodePing decodes {"ok": bool, "rtt_ms": n, "checked_at": "<RFC 3339>",
+// "error": "timeout"}: ok is required; rtt_ms is an integer >= 0 (default
+// 0); checked_at defaults to the receive time; error is optional, one of
+// timeout, refused, dns, tls, http_status, other.
+func decodePing(body []byte) (pingBody, error) {
+	var p pingBody
+	f, err := parseObject(body, "ok", "rtt_ms", "checked_at", "error")
+	if err != nil {
+		return p, err
+	}
+	if isNull(f["ok"]) || json.Unmarshal(f["ok"], &p.OK) != nil {
+		return p, invalidField("ok (boolean) is required")
+	}
+	if !isNull(f["rtt_ms"]) {
+		if err := json.Unmarshal(f["rtt_ms"], &p.RTTMs); err != nil || p.RTTMs < 0 {
+			return p, invalidField("rtt_ms must be an integer >= 0 (milliseconds)")
+		}
+	}
+	if p.CheckedAt, err = parseTime("checked_at", f["checked_at"]); err != nil {
+		return p, err
+	}
+	if !isNull(f["error"]) {
+		if err := json.Unmarshal(f["error"], &p.Error); err != nil || !pingErrors[p.Error] {
+			return p, invalidField("error must be one of timeout, refused, dns, tls, http_status, other")
+		}
+	}
+	return p, nil
+}

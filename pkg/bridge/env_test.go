@@ -1,0 +1,253 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/testenv"
+	"github.com/devstatus/devstatus/pkg/bus"
+	"github.com/devstatus/devstatus/pkg/clock"
+	"github.com/devstatus/devstatus/pkg/httpx"
+	"github.com/devstatus/devstatus/pkg/registry"
+)
+
+const (
+	adminToken = "admin-secret"
+	pingToken  = "ping-secret"
+)
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC)
+
+// env is a bridge on a real embedded JetStream behind an httptest.Server
+// with the real handler chain (httpx.DeviceIDs around the mux).
+type env struct {
+	t   *testing.T
+	bus *bus.Bus
+	reg *registry.Registry
+	br  *Bridge
+	clk *clock.Fake
+	srv *httptest.Server
+}
+
+type envOpt func(*Config)
+
+func newEnv(t *testing.T, opts ...envOpt) *env {
+	return newEnvOnBus(t, testenv.NATS(t, bus.Config{Partitions: 4}), opts...)
+}
+
+func newEnvOnBus(t *testing.T, b *bus.Bus, opts ...envOpt) *env {
+	t.Helper()
+	clk := clock.NewFake(t0)
+	reg, err := registry.New(registry.Config{Bus: b, Clock: clk, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Bus: b, Registry: reg, Clock: clk, Logger: testenv.Logger(t),
+		AdminToken: adminToken, PingToken: pingToken,
+		RateMinInterval: DefaultRateMinInterval, RatePerMinute: DefaultRatePerMinute,
+		PublishTimeout: 2 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	br, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	br.Routes(mux)
+	srv := httptest.NewServer(httpx.DeviceIDs(mux))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = br.Run(ctx) }()
+	t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	e := &env{t: t, bus: b, reg: reg, br: br, clk: clk, srv: srv}
+	e.waitReady()
+	return e
+}
+
+func (e *env) waitReady() {
+	e.t.Helper()
+	waitFor(e.t, "bridge ready", func() bool { return e.br.Ready(context.Background()) == nil })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type result struct {
+	code int
+	hdr  http.Header
+	body []byte
+}
+
+func (r result) obj(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Fatalf("answer %d is not a JSON object: %q", r.code, r.body)
+	}
+	return m
+}
+
+// errCode returns error.code of an error answer and checks its shape.
+func (r result) errCode(t *testing.T) string {
+	t.Helper()
+	var b httpx.ErrorBody
+	if err := json.Unmarshal(r.body, &b); err != nil || b.Error.Code == "" || b.Error.Message == "" {
+		t.Fatalf("answer %d is not the design's error body: %q", r.code, r.body)
+	}
+	return b.Error.Code
+}
+
+// do sends a request; path is appended raw to the server URL.
+func (e *env) do(method, path, token, ctype string, body io.Reader) result {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.srv.URL+path, body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return result{code: resp.StatusCode, hdr: resp.Header, body: b}
+}
+
+func devPath(id, suffix string) string { return "/v1/devices/" + url.PathEscape(id) + suffix }
+
+// heartbeat posts a JSON heartbeat body for id.
+func (e *env) heartbeat(id, token, body string) result {
+	e.t.Helper()
+	var r io.Reader
+	ct := ""
+	if body != "" {
+		r, ct = bytes.NewBufferString(body), "application/json"
+	}
+	return e.do("POST", devPath(id, "/heartbeat"), token, ct, r)
+}
+
+// register registers id through the admin API and returns its token.
+func (e *env) register(id, group string) string {
+	e.t.Helper()
+	b, _ := json.Marshal(map[string]string{"id": id, "group": group})
+	r := e.do("POST", "/v1/devices", adminToken, "application/json", bytes.NewReader(b))
+	if r.code != http.StatusCreated {
+		e.t.Fatalf("register %q: %d %s", id, r.code, r.body)
+	}
+	m := r.obj(e.t)
+	if m["id"] != id || m["token"] == "" {
+		e.t.Fatalf("register answer %s", r.body)
+	}
+	return m["token"].(string)
+}
+
+type storedEvent struct {
+	subject string
+	seq     uint64
+	in      *events.Input
+}
+
+// inputEvents returns every event on the input stream, in order, checking
+// that each device event is on its device's subject.
+func (e *env) inputEvents() []storedEvent {
+	e.t.Helper()
+	return streamEvents(e.t, e.bus)
+}
+
+func streamEvents(t *testing.T, b *bus.Bus) []storedEvent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := b.JS.Stream(ctx, events.InputStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []storedEvent
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := events.DecodeInput(m.Data)
+		if err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+		if want := events.DeviceSubject(in.Device, b.Partitions()); m.Subject != want {
+			t.Errorf("event %s of device %q on subject %q, want %q", in.ID, in.Device, m.Subject, want)
+		}
+		if _, dev, err := events.ParseInputSubject(m.Subject); err != nil || dev != in.Device {
+			t.Errorf("subject %q parses to %q (%v), event says %q", m.Subject, dev, err, in.Device)
+		}
+		out = append(out, storedEvent{subject: m.Subject, seq: seq, in: in})
+	}
+	return out
+}
+
+func heartbeatsOf(evs []storedEvent, id string) []storedEvent {
+	var out []storedEvent
+	for _, e := range evs {
+		if e.in.Type == events.TypeHeartbeat && e.in.Device == id {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// publishTransition puts a transition on the transitions stream as a
+// partition worker would.
+func (e *env) publishTransition(id string, from, to events.Status) uint64 {
+	e.t.Helper()
+	sc := &events.StatusChanged{ID: "x", Device: id, From: from, To: to, ReasonCode: events.ReasonHeartbeatTimeout,
+		Reason: "test", At: e.clk.Now(), ObservedAt: e.clk.Now()}
+	b, err := events.EncodeStatusChanged(sc)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ack, err := e.bus.JS.Publish(context.Background(), events.TransitionSubject(id, e.bus.Partitions()), b)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	waitFor(e.t, "status cache", func() bool {
+		e.br.status.mu.Lock()
+		defer e.br.status.mu.Unlock()
+		d := e.br.status.m[id]
+		return d != nil && d.seq >= ack.Sequence
+	})
+	return ack.Sequence
+}

@@ -1,0 +1,372 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/httpx"
+	"github.com/devstatus/devstatus/pkg/registry"
+)
+
+// heartbeatResponse is the 200 answer to a heartbeat (design.md).
+type heartbeatResponse struct {
+	// Status is the status the partition worker last decided for the device
+	// ("registered" when it has none yet). The heartbeat being answered is
+	// not reflected yet: a device coming back reads its old status once.
+	Status               string `json:"status"`
+	RemoteControlEnabled bool   `json:"remote_control_enabled"`
+	ShouldReconnect      bool   `json:"should_reconnect"`
+	HeartbeatIntervalS   int    `json:"heartbeat_interval_s"`
+}
+
+// errUnavailableRetry is the base Retry-After of a 503; up to as much again
+// is added at random so that a fleet refused together does not come back
+// together.
+const errUnavailableRetry = 5 * time.Second
+
+func (b *Bridge) writeUnavailable(w http.ResponseWriter, msg string) {
+	after := errUnavailableRetry + rand.N(errUnavailableRetry)
+	httpx.WriteRetryAfter(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, msg, after)
+}
+
+func writeUnauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="devstatus"`)
+	httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "missing or wrong bearer token")
+}
+
+func writeRequestError(w http.ResponseWriter, err error) {
+	var re *requestError
+	if errors.As(err, &re) {
+		httpx.WriteError(w, http.StatusBadRequest, re.code, re.msg)
+		return
+	}
+	httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, err.Error())
+}
+
+// validID reads and checks the path's device id; on failure it answers 400.
+func validID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := httpx.DeviceID(r)
+	if err := events.ValidateDeviceID(id); err != nil {
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalidDeviceID, err.Error())
+		return "", false
+	}
+	return id, true
+}
+
+// readBody applies the content-type and size rules and returns the body.
+//
+//   - A Content-Type, when present, must be application/json (parameters
+//     allowed; a charset must be utf-8), else 415.
+//   - Without a Content-Type the body must be empty (it then means "no
+//     fields": a heartbeat without metrics); a non-empty body is 415.
+//   - More than MaxBodyBytes, declared by Content-Length or found while
+//     reading a chunked body, is 413.
+func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, params, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" || (params["charset"] != "" && !strings.EqualFold(params["charset"], "utf-8")) {
+			httpx.WriteError(w, http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMedia, "Content-Type must be application/json")
+			return nil, false
+		}
+	} else if r.ContentLength != 0 {
+		var one [1]byte
+		if r.ContentLength > 0 || func() bool { n, _ := io.ReadFull(r.Body, one[:]); return n > 0 }() {
+			httpx.WriteError(w, http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMedia, "a request body needs Content-Type: application/json")
+			return nil, false
+		}
+		return nil, true
+	}
+	if r.ContentLength > b.cfg.MaxBodyBytes {
+		httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, "request body is larger than the limit")
+		return nil, false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, b.cfg.MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, "request body is larger than the limit")
+			return nil, false
+		}
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, "reading the request body failed")
+		return nil, false
+	}
+	return body, true
+}
+
+// publish sends an input event to the device's subject and waits for the
+// PubAck (at most PublishTimeout). It fails at once when NATS is
+// disconnected. The request's cancellation does not cut the publish short:
+// once sent, its outcome is awaited.
+func (b *Bridge) publish(ctx context.Context, in *events.Input) error {
+	if !b.cfg.Bus.NC.IsConnected() {
+		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
+		return errors.New("bridge: NATS is not connected")
+	}
+	data, err := events.EncodeInput(in)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
+	defer cancel()
+	start := b.cfg.Clock.Now()
+	_, err = b.cfg.Bus.JS.Publish(ctx, events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
+		jetstream.WithMsgID(in.ID), jetstream.WithExpectStream(events.InputStream))
+	if err != nil {
+		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
+		return err
+	}
+	b.m.publishDuration.WithLabelValues(string(in.Type)).Observe(b.cfg.Clock.Now().Sub(start).Seconds())
+	return nil
+}
+
+// handleHeartbeat serves POST /v1/devices/{id}/heartbeat.
+func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	id, ok := validID(w, r)
+	if !ok {
+		return
+	}
+	body, ok := b.readBody(w, r)
+	if !ok {
+		return
+	}
+	hb, err := decodeHeartbeat(body, b.cfg.MaxMetrics, b.cfg.MaxMetricBytes)
+	if err != nil {
+		writeRequestError(w, err)
+		return
+	}
+	ent, err := b.reg.Authenticate(r.Context(), id, httpx.BearerToken(r))
+	switch {
+	case err == nil:
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrBadToken):
+		// Unknown device and wrong token answer alike: no probing for ids.
+		writeUnauthorized(w)
+		return
+	case errors.Is(err, registry.ErrDecommissioned):
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "device is decommissioned")
+		return
+	default:
+		b.registryFailure(w, r, id, err)
+		return
+	}
+	now := b.cfg.Clock.Now().UTC()
+	tk, wait, ok := b.lim.allow(id, now)
+	if !ok {
+		b.m.rateLimited.Inc()
+		httpx.WriteRetryAfter(w, http.StatusTooManyRequests, httpx.CodeRateLimited, "too many heartbeats for this device", wait)
+		return
+	}
+	in := &events.Input{Type: events.TypeHeartbeat, ID: "hb-" + nuid.Next(), Device: id, At: now,
+		Heartbeat: &events.Heartbeat{DeviceTime: hb.DeviceTime, Metrics: hb.Metrics}}
+	if err := b.publish(r.Context(), in); err != nil {
+		b.lim.cancel(tk)
+		b.log.Warn("bridge: heartbeat not acknowledged by JetStream", "device", id, "err", err)
+		b.writeUnavailable(w, "the event bus is unavailable; retry later")
+		return
+	}
+	b.lastAccepted.Store(now.UnixNano())
+	b.m.lastAccepted.Set(float64(now.UnixNano()) / 1e9)
+
+	resp := heartbeatResponse{RemoteControlEnabled: ent.RemoteControlEnabled,
+		HeartbeatIntervalS: int(b.cfg.HeartbeatInterval / time.Second)}
+	if ent.PendingReconnect {
+		taken, err := b.reg.TakeReconnect(r.Context(), id)
+		if taken {
+			resp.ShouldReconnect = true
+			b.m.shouldReconnect.WithLabelValues("operator").Inc()
+		} else if err != nil {
+			b.log.Warn("bridge: pending reconnect not taken; the next heartbeat retries", "device", id, "err", err)
+		}
+	}
+	status, comeback := b.status.onHeartbeat(id)
+	if comeback {
+		resp.ShouldReconnect = true
+		b.m.shouldReconnect.WithLabelValues("comeback").Inc()
+	}
+	resp.Status = string(status)
+	httpx.WriteJSON(w, http.StatusOK, resp)
+}
+
+// registryFailure answers a registry error that is not about the request.
+func (b *Bridge) registryFailure(w http.ResponseWriter, r *http.Request, id string, err error) {
+	if errors.Is(err, registry.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		b.writeUnavailable(w, "the device registry is unavailable; retry later")
+		return
+	}
+	b.log.Error("bridge: registry", "device", id, "path", r.URL.Path, "err", err)
+	httpx.WriteError(w, http.StatusInternalServerError, httpx.CodeInternal, "internal error")
+}
+
+// handlePing serves POST /v1/devices/{id}/ping (ping service token). The
+// answer is 202 {"status": "accepted"} once the event is acknowledged.
+func (b *Bridge) handlePing(w http.ResponseWriter, r *http.Request) {
+	id, ok := validID(w, r)
+	if !ok {
+		return
+	}
+	body, ok := b.readBody(w, r)
+	if !ok {
+		return
+	}
+	p, err := decodePing(body)
+	if err != nil {
+		writeRequestError(w, err)
+		return
+	}
+	if tok := httpx.BearerToken(r); tok == "" || !httpx.TokenEqual(tok, b.cfg.PingToken) {
+		writeUnauthorized(w)
+		return
+	}
+	ent, err := b.reg.Lookup(r.Context(), id)
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "unknown device")
+		return
+	case err != nil:
+		b.registryFailure(w, r, id, err)
+		return
+	case ent.Decommissioned:
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "device is decommissioned")
+		return
+	}
+	now := b.cfg.Clock.Now().UTC()
+	checked := now
+	if p.CheckedAt != nil && p.CheckedAt.Before(now) {
+		checked = *p.CheckedAt // clamped: never later than the receive time
+	}
+	in := &events.Input{Type: events.TypePingResult, ID: "pg-" + nuid.Next(), Device: id, At: now,
+		Ping: &events.PingResult{OK: p.OK, RTTMs: p.RTTMs, CheckedAt: checked, Error: p.Error}}
+	if err := b.publish(r.Context(), in); err != nil {
+		b.log.Warn("bridge: ping result not acknowledged by JetStream", "device", id, "err", err)
+		b.writeUnavailable(w, "the event bus is unavailable; retry later")
+		return
+	}
+	httpx.WriteJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+}
+
+// writeAdminError maps registry errors of admin calls to statuses.
+func (b *Bridge) writeAdminError(w http.ResponseWriter, r *http.Request, id string, err error) {
+	var idErr *registry.InvalidIDError
+	switch {
+	case errors.As(err, &idErr):
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalidDeviceID, idErr.Err.Error())
+	case errors.Is(err, registry.ErrInvalidGroup), errors.Is(err, registry.ErrInvalidGateway):
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeUnprocessableEntity, err.Error())
+	case errors.Is(err, registry.ErrExists):
+		httpx.WriteError(w, http.StatusConflict, httpx.CodeConflict, "device already registered")
+	case errors.Is(err, registry.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "unknown device")
+	case errors.Is(err, registry.ErrDecommissioned):
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "device is decommissioned")
+	default:
+		b.registryFailure(w, r, id, err)
+	}
+}
+
+// handleRegister serves POST /v1/devices {"id", "group", "gateway"?} →
+// 201 {"id", "token"}; the token is shown only here.
+func (b *Bridge) handleRegister(w http.ResponseWriter, r *http.Request) {
+	body, ok := b.readBody(w, r)
+	if !ok {
+		return
+	}
+	f, err := parseObject(body, "id", "group", "gateway")
+	if err != nil {
+		writeRequestError(w, err)
+		return
+	}
+	var id, group, gateway string
+	if isNull(f["id"]) || json.Unmarshal(f["id"], &id) != nil {
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalidDeviceID, "id (string) is required")
+		return
+	}
+	for name, dst := range map[string]*string{"group": &group, "gateway": &gateway} {
+		if !isNull(f[name]) && json.Unmarshal(f[name], dst) != nil {
+			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeUnprocessableEntity, name+" must be a string")
+			return
+		}
+	}
+	token, err := b.reg.Register(r.Context(), id, group, gateway)
+	if err != nil {
+		b.writeAdminError(w, r, id, err)
+		return
+	}
+	w.Header().Set("Location", httpx.DevicesPrefix+url.PathEscape(id))
+	httpx.WriteJSON(w, http.StatusCreated, map[string]string{"id": id, "token": token})
+}
+
+// handlePatch serves PATCH /v1/devices/{id} {"remote_control_enabled": bool}
+// → 200 {"id", "remote_control_enabled"}.
+func (b *Bridge) handlePatch(w http.ResponseWriter, r *http.Request) {
+	id, ok := validID(w, r)
+	if !ok {
+		return
+	}
+	body, ok := b.readBody(w, r)
+	if !ok {
+		return
+	}
+	f, err := parseObject(body, "remote_control_enabled")
+	if len(body) == 0 {
+		f, err = map[string]json.RawMessage{}, nil
+	}
+	if err != nil {
+		writeRequestError(w, err)
+		return
+	}
+	var enabled bool
+	if isNull(f["remote_control_enabled"]) || json.Unmarshal(f["remote_control_enabled"], &enabled) != nil {
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeUnprocessableEntity, "remote_control_enabled (boolean) is required")
+		return
+	}
+	d, err := b.reg.SetRemoteControl(r.Context(), id, enabled)
+	if err != nil {
+		b.writeAdminError(w, r, id, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, struct {
+		ID                   string `json:"id"`
+		RemoteControlEnabled bool   `json:"remote_control_enabled"`
+	}{d.ID, d.RemoteControlEnabled})
+}
+
+// handleReconnect serves POST /v1/devices/{id}/reconnect → 202
+// {"id", "request_id"}: the device's next heartbeat gets should_reconnect.
+func (b *Bridge) handleReconnect(w http.ResponseWriter, r *http.Request) {
+	id, ok := validID(w, r)
+	if !ok {
+		return
+	}
+	reqID, err := b.reg.RequestReconnect(r.Context(), id)
+	if err != nil {
+		b.writeAdminError(w, r, id, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusAccepted, map[string]string{"id": id, "request_id": reqID})
+}
+
+// handleDecommission serves DELETE /v1/devices/{id} → 204; 404 for an
+// unknown device. Repeating it on a decommissioned device is 204 again
+// (idempotent; the event is re-sent with its original id).
+func (b *Bridge) handleDecommission(w http.ResponseWriter, r *http.Request) {
+	id, ok := validID(w, r)
+	if !ok {
+		return
+	}
+	if err := b.reg.Decommission(r.Context(), id); err != nil {
+		b.writeAdminError(w, r, id, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

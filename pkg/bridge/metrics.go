@@ -1,0 +1,139 @@
+package bridge
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/devstatus/devstatus/pkg/clock"
+	"github.com/devstatus/devstatus/pkg/registry"
+)
+
+// metrics are the bridge's Prometheus collectors.
+type metrics struct {
+	heartbeats      *prometheus.CounterVec // by code
+	pings           *prometheus.CounterVec // by code
+	rateLimited     prometheus.Counter
+	publishErrors   *prometheus.CounterVec // by type
+	publishDuration *prometheus.HistogramVec
+	requestDuration *prometheus.HistogramVec // by route, code
+	shouldReconnect *prometheus.CounterVec   // by reason
+	lastAccepted    prometheus.Gauge
+	collectors      []prometheus.Collector
+	clk             clock.Clock // measures durations (the injected clock)
+}
+
+func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metrics {
+	m := &metrics{
+		clk: clk,
+		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devstatus_bridge_heartbeats_total",
+			Help: "Heartbeat requests by HTTP status code (200 accepted; anything else rejected).",
+		}, []string{"code"}),
+		pings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devstatus_bridge_ping_results_total",
+			Help: "Ping result requests by HTTP status code.",
+		}, []string{"code"}),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devstatus_bridge_rate_limited_total",
+			Help: "Heartbeats refused with 429 by the per-device rate limit.",
+		}),
+		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devstatus_bridge_publish_errors_total",
+			Help: "Input events that JetStream did not acknowledge (answered 503), by event type.",
+		}, []string{"type"}),
+		publishDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "devstatus_bridge_publish_duration_seconds",
+			Help:    "Time from publish to PubAck of input events, by event type.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"type"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "devstatus_bridge_request_duration_seconds",
+			Help:    "HTTP request duration of the ingest and admin endpoints, by route and status code.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route", "code"}),
+		shouldReconnect: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devstatus_bridge_should_reconnect_total",
+			Help: "Heartbeat answers with should_reconnect=true, by reason (operator, comeback).",
+		}, []string{"reason"}),
+		lastAccepted: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devstatus_bridge_last_heartbeat_accepted_timestamp_seconds",
+			Help: "Time (bridge clock, Unix seconds) of the last accepted heartbeat; alert when it stops moving (ingest stopped).",
+		}),
+	}
+	cacheCounter := func(name, help string, f func(registry.CacheStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f(reg.CacheStats())) })
+	}
+	m.collectors = []prometheus.Collector{
+		m.heartbeats, m.pings, m.rateLimited, m.publishErrors, m.publishDuration, m.requestDuration,
+		m.shouldReconnect, m.lastAccepted,
+		cacheCounter("devstatus_registry_cache_hits_total", "Device lookups answered from the registry cache.",
+			func(s registry.CacheStats) uint64 { return s.Hits }),
+		cacheCounter("devstatus_registry_cache_misses_total", "Device lookups that read the KV bucket.",
+			func(s registry.CacheStats) uint64 { return s.Misses }),
+		cacheCounter("devstatus_registry_cache_invalidations_total", "Cached devices dropped because their registration changed.",
+			func(s registry.CacheStats) uint64 { return s.Invalidations }),
+		cacheCounter("devstatus_registry_cache_flushes_total", "Whole-cache resets after a lost NATS connection.",
+			func(s registry.CacheStats) uint64 { return s.Flushes }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "devstatus_registry_cache_entries", Help: "Devices in the registry cache."},
+			func() float64 { return float64(reg.CacheStats().Entries) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "devstatus_bridge_status_cache_devices", Help: "Devices in the bridge's status cache."},
+			func() float64 { return float64(st.size()) }),
+	}
+	return m
+}
+
+func (m *metrics) register(r prometheus.Registerer) error {
+	if r == nil {
+		return nil
+	}
+	var errs []error
+	for _, c := range m.collectors {
+		if err := r.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// statusRecorder remembers the status code a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.code == 0 {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// instrument records the request duration and, with count, a per-code counter.
+func (m *metrics) instrument(route string, count *prometheus.CounterVec, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := m.clk.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		h(rec, r)
+		if rec.code == 0 {
+			rec.code = http.StatusOK
+		}
+		code := strconv.Itoa(rec.code)
+		m.requestDuration.WithLabelValues(route, code).Observe(m.clk.Now().Sub(start).Seconds())
+		if count != nil {
+			count.WithLabelValues(code).Inc()
+		}
+	}
+}

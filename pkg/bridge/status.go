@@ -1,0 +1,164 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/events"
+)
+
+// statusCache holds, per device, the status the partition worker last
+// decided and the transitions-stream sequence of that decision, plus the
+// sequence whose comeback this bridge instance already signalled
+// (should_reconnect). It is fed by an ordered consumer on the transitions
+// stream that starts with the last transition of every device
+// (DeliverLastPerSubjectPolicy) and then follows new ones.
+//
+// Per instance: with several bridges, a device whose heartbeats alternate
+// between instances may be told should_reconnect once per instance.
+// Memory: ~100 bytes per device that ever had a transition.
+type statusCache struct {
+	mu    sync.Mutex
+	m     map[string]*devStatus
+	ready atomic.Bool // initial catch-up done
+	alive atomic.Bool // a consumer is running
+}
+
+type devStatus struct {
+	status    events.Status
+	seq       uint64 // transitions-stream sequence of status
+	signalled uint64 // seq whose comeback was signalled
+}
+
+func newStatusCache() *statusCache { return &statusCache{m: make(map[string]*devStatus)} }
+
+// apply records a transition unless a newer one is known.
+func (c *statusCache) apply(device string, to events.Status, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.m[device]
+	if d == nil {
+		c.m[device] = &devStatus{status: to, seq: seq}
+		return
+	}
+	if seq > d.seq {
+		d.status, d.seq = to, seq
+	}
+}
+
+// onHeartbeat returns the device's last decided status (registered when
+// none) and whether this heartbeat is a comeback to signal: the status is
+// temporarily_offline or disconnected and that decision's comeback was not
+// signalled yet. It marks it signalled.
+func (c *statusCache) onHeartbeat(device string) (events.Status, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.m[device]
+	if d == nil {
+		return events.StatusRegistered, false
+	}
+	if (d.status == events.StatusTemporarilyOffline || d.status == events.StatusDisconnected) && d.signalled < d.seq {
+		d.signalled = d.seq
+		return d.status, true
+	}
+	return d.status, false
+}
+
+func (c *statusCache) get(device string) (events.Status, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := c.m[device]; d != nil {
+		return d.status, true
+	}
+	return events.StatusRegistered, false
+}
+
+func (c *statusCache) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}
+
+// feed runs the transitions consumer until ctx ends, re-creating it when it
+// stops (the ordered consumer itself resumes after reconnects from the last
+// sequence it delivered).
+func (c *statusCache) feed(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {
+	backoff := 100 * time.Millisecond
+	var lastSeq uint64
+	for ctx.Err() == nil {
+		err := c.consumeOnce(ctx, js, log, &lastSeq)
+		c.alive.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("bridge: transitions feed stopped; retrying", slog.Any("err", err), slog.Duration("in", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (c *statusCache) consumeOnce(ctx context.Context, js jetstream.JetStream, log *slog.Logger, lastSeq *uint64) error {
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.TransitionSubjects},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	}
+	if *lastSeq > 0 {
+		// A re-created feed continues after what it applied.
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = *lastSeq + 1
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cons, err := js.OrderedConsumer(cctx, events.TransitionStream, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		c.ready.Store(true)
+	}
+	var mu sync.Mutex // guards lastSeq against the handler goroutine
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
+			log.Warn("bridge: transition without metadata", slog.Any("err", err))
+			return
+		}
+		sc, err := events.DecodeStatusChanged(m.Data())
+		if err != nil {
+			log.Warn("bridge: undecodable transition skipped", slog.Uint64("seq", md.Sequence.Stream), slog.Any("err", err))
+		} else {
+			c.apply(sc.Device, sc.To, md.Sequence.Stream)
+		}
+		mu.Lock()
+		*lastSeq = md.Sequence.Stream
+		mu.Unlock()
+		if md.NumPending == 0 {
+			c.ready.Store(true)
+		}
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
+			log.Debug("bridge: transitions feed", slog.Any("err", err))
+		}
+	}))
+	if err != nil {
+		return err
+	}
+	c.alive.Store(true)
+	defer cc.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-cc.Closed():
+		return errors.New("transitions consumer closed")
+	}
+}
