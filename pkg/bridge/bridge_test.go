@@ -18,6 +18,7 @@ import (
 	"github.com/devstatus/devstatus/internal/testenv"
 	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/pkg/httpx"
+	"github.com/devstatus/devstatus/pkg/registry"
 )
 
 // chunked hides the length of a body so that the client sends it chunked.
@@ -669,13 +670,29 @@ func TestBusDownAndBack(t *testing.T) {
 			t.Errorf("heartbeat %d was answered 200 but is not in the stream", n)
 		}
 	}
-	if len(accepted) != 3 {
+	if len(accepted) != 3 { // 0, 3, 4
 		t.Errorf("accepted %v", accepted)
 	}
-	// The registry cache works again after the reconnect (and was emptied
-	// when the connection dropped).
+	// The registry cache was emptied when the connection dropped, and its
+	// watch works again: a change written by another instance is seen.
 	if s := e.reg.CacheStats(); s.Flushes == 0 {
 		t.Errorf("cache stats %+v: no flush after the connection loss", s)
+	}
+	other, err := registry.New(registry.Config{Bus: b, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.SetRemoteControl(context.Background(), "A", true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "remote control seen through the watch", func() bool {
+		ent, err := e.reg.Lookup(context.Background(), "A")
+		return err == nil && ent.RemoteControlEnabled
+	})
+	// The transitions feed follows new transitions after the restart.
+	e.publishTransition("A", events.StatusConnected, events.StatusTemporarilyOffline)
+	if r := beat(5, 90*time.Second); r.code != 200 || r.obj(t)["should_reconnect"] != true || r.obj(t)["remote_control_enabled"] != true {
+		t.Errorf("after the restart: %d %s", r.code, r.body)
 	}
 }
 

@@ -247,8 +247,22 @@ func unavailable(op string, err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 }
 
+// errDisconnected is wrapped in ErrUnavailable when NATS is not connected:
+// the registry then fails at once instead of waiting for its deadline.
+var errDisconnected = errors.New("NATS is not connected")
+
+func (r *Registry) connected() error {
+	if r.nc != nil && !r.nc.IsConnected() {
+		return fmt.Errorf("%w: %w", ErrUnavailable, errDisconnected)
+	}
+	return nil
+}
+
 // get reads a device straight from KV (no cache).
 func (r *Registry) get(ctx context.Context, key string) (Device, error) {
+	if err := r.connected(); err != nil {
+		return Device{}, err
+	}
 	e, err := r.kv.Get(ctx, key)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
@@ -278,6 +292,9 @@ func (r *Registry) Get(ctx context.Context, id string) (Device, error) {
 
 // publish sends an input event for its device and waits for the PubAck.
 func (r *Registry) publish(ctx context.Context, in *events.Input) error {
+	if err := r.connected(); err != nil {
+		return err
+	}
 	b, err := events.EncodeInput(in)
 	if err != nil {
 		return fmt.Errorf("registry: encode %s: %w", in.Type, err)
@@ -337,6 +354,9 @@ func (r *Registry) Register(ctx context.Context, id, group, gateway string) (str
 		if err := events.ValidateDeviceID(gateway); err != nil {
 			return "", fmt.Errorf("%w: %w", ErrInvalidGateway, err)
 		}
+	}
+	if err := r.connected(); err != nil {
+		return "", err
 	}
 	token, err := newToken()
 	if err != nil {
