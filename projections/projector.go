@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/pkg/clock"
 )
 
@@ -379,12 +378,4 @@ func (s *projState) measured(now time.Time, events uint64, seconds float64) {
 	s.lagEvents, s.lagSeconds, s.measuredAt = events, seconds, now
 	s.busErr = nil
 	s.mu.Unlock()
-}
-
-// streamName returns the stream of a projection name.
-func streamName(projection string) string {
-	if projection == ProjectionTransitions {
-		return events.TransitionStream
-	}
-	return events.InputStream
 }

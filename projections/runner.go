@@ -330,6 +330,7 @@ func (r *runner[T]) loadCheckpoint(ctx context.Context) (uint64, error) {
 		err := r.p.cfg.DB.GetContext(ctx, &seq,
 			`SELECT COALESCE((SELECT last_seq FROM projection_checkpoints WHERE name = $1), 0)`, r.k.name)
 		if err == nil {
+			r.st.setDBErr(nil)
 			return uint64(seq), nil
 		}
 		if ctx.Err() != nil {

@@ -99,17 +99,17 @@ func TestRebuild(t *testing.T) {
 	if err := Rebuild(ctx, db, js, testenv.Logger(t)); err != nil {
 		t.Fatal(err)
 	}
-	var lastIn, lastTr uint64
+	var lastIn uint64
 	for i := range 30 {
 		id := "d" + string(rune('A'+i))
 		publishInput(t, js, registration(id, []string{"x", "y"}[i%2], float64(i)))
 		lastIn = publishInput(t, js, heartbeat(id, float64(i+1), `{"i":1}`))
 		publishTransition(t, js, id, events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, float64(i+1))
-		lastTr = publishTransition(t, js, id, events.StatusConnected, events.StatusTemporarilyOffline, events.ReasonHeartbeatTimeout, float64(i+41))
+		publishTransition(t, js, id, events.StatusConnected, events.StatusTemporarilyOffline, events.ReasonHeartbeatTimeout, float64(i+41))
 	}
 	bad := transition("dZ", events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, 1)
 	bad.Reason = "\x00"
-	lastTr = publishStatusChanged(t, js, bad)
+	lastTr := publishStatusChanged(t, js, bad)
 	publishInput(t, js, &events.Input{Type: events.TypeTick, At: at(100)})
 	_, stop := startProjector(t, Config{DB: db, JetStream: js})
 	waitCheckpoint(t, db, ProjectionLiveness, lastIn)
@@ -267,4 +267,39 @@ func (p *tcpProxy) up() {
 		p.t.Fatal(err)
 	}
 	p.serve(ln)
+}
+
+// A stream recreated under an existing projection (its last sequence below
+// the checkpoint) makes the projector not ready instead of silently waiting;
+// losing NATS makes it not ready too.
+func TestReadinessStreamBehindAndBusDown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openDB(t)
+	b := openBus(t)
+	seq := publishTransition(t, b.JS, "A", events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, 1)
+	if _, err := db.Exec(`INSERT INTO projection_checkpoints (name, stream, last_seq, updated_at) VALUES ($1, $2, 1000, now())`,
+		ProjectionTransitions, events.TransitionStream); err != nil {
+		t.Fatal(err)
+	}
+	p, stop := startProjector(t, Config{DB: db, JetStream: b.JS})
+	eventually(t, 5*time.Second, "not ready: stream behind", func() bool {
+		return errors.Is(p.Ready(ctx), ErrStreamBehindCheckpoint)
+	})
+	if d, err := NewStore(db).Device(ctx, "A"); err == nil {
+		t.Errorf("seq %d below the checkpoint was applied: %+v", seq, d)
+	}
+	stop()
+
+	if _, err := db.Exec(`DELETE FROM projection_checkpoints`); err != nil {
+		t.Fatal(err)
+	}
+	p2, _ := startProjector(t, Config{DB: db, JetStream: b.JS})
+	waitCheckpoint(t, db, ProjectionTransitions, seq)
+	eventually(t, 5*time.Second, "ready", func() bool { return p2.Ready(ctx) == nil })
+	b.Server.Shutdown()
+	eventually(t, 10*time.Second, "not ready without NATS", func() bool {
+		var nre *NotReadyError
+		return errors.As(p2.Ready(ctx), &nre) && nre.Reason == "stream unavailable"
+	})
 }

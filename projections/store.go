@@ -61,6 +61,9 @@ type Device struct {
 	MetricsAt *time.Time `db:"metrics_at"`
 	// RemoteControlEnabled is the current remote-control setting.
 	RemoteControlEnabled bool `db:"remote_control_enabled"`
+	// StatusSeq is the transitions-stream sequence that set Status (0 before
+	// the first transition): a reader holding an older sequence is stale.
+	StatusSeq int64 `db:"status_seq"`
 }
 
 func (d *Device) utc() {
@@ -74,7 +77,7 @@ func (d *Device) utc() {
 }
 
 const deviceColumns = `id, group_name, gateway, registered_at, status, status_since, reason_code, reason,
-    last_heartbeat_at, last_ping_at, last_ping_ok, metrics, metrics_at, remote_control_enabled`
+    last_heartbeat_at, last_ping_at, last_ping_ok, metrics, metrics_at, remote_control_enabled, status_seq`
 
 // Device returns one device. It returns an error wrapping [ErrNotFound] when
 // the device is unknown or decommissioned.

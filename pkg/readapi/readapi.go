@@ -77,13 +77,13 @@ func New(cfg Config) (*API, error) {
 	}
 	var errs []error
 	if cfg.Store == nil {
-		errs = append(errs, errors.New("Store is required"))
+		errs = append(errs, errors.New("store is required"))
 	}
 	if cfg.AdminToken == "" {
-		errs = append(errs, errors.New("AdminToken is required"))
+		errs = append(errs, errors.New("admin token is required"))
 	}
 	if cfg.Timeout < 0 {
-		errs = append(errs, errors.New("Timeout must not be negative"))
+		errs = append(errs, errors.New("timeout must not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)

@@ -1,0 +1,133 @@
+package readapi
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/testenv"
+	"github.com/devstatus/devstatus/projections"
+)
+
+// countingReader serves one device with a settable status sequence.
+type countingReader struct {
+	nilReader
+	seq   atomic.Int64
+	reads atomic.Int64
+}
+
+func (r *countingReader) Device(_ context.Context, id string) (*projections.Device, error) {
+	r.reads.Add(1)
+	return &projections.Device{ID: id, Status: events.StatusConnected, StatusSeq: r.seq.Load()}, nil
+}
+
+func TestCacheSequenceInvalidation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := &countingReader{}
+	r.seq.Store(5)
+	c, err := NewCache(CacheConfig{Store: r, TTL: time.Hour, MaxEntries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := c.Device(ctx, "A"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := r.reads.Load(); n != 1 {
+		t.Fatalf("%d store reads for 3 cached reads, want 1", n)
+	}
+	mustDevice(t, c, "B")
+	// A transition of A at 7 the projection has not applied yet: reads go to
+	// the store and are not kept until the store has seq 7.
+	c.Invalidate("A", 7)
+	mustDevice(t, c, "A")
+	mustDevice(t, c, "A")
+	if n := r.reads.Load(); n != 4 {
+		t.Fatalf("%d store reads, want 4 (B once, A twice while the store lags)", n)
+	}
+	r.seq.Store(7)
+	mustDevice(t, c, "A")
+	mustDevice(t, c, "A")
+	if n := r.reads.Load(); n != 5 {
+		t.Fatalf("%d store reads, want 5 (cached again once the store caught up)", n)
+	}
+	// B was not touched by A's invalidation (still cached); a third device
+	// evicts the least recently used one (B).
+	before := r.reads.Load()
+	mustDevice(t, c, "B")
+	if r.reads.Load() != before {
+		t.Error("B re-read after A's transition: invalidation is not scoped")
+	}
+	mustDevice(t, c, "A")
+	mustDevice(t, c, "C")
+	mustDevice(t, c, "B")
+	if r.reads.Load() != before+2 {
+		t.Errorf("LRU: %d reads, want %d", r.reads.Load(), before+2)
+	}
+	if hits, misses := c.Stats(); hits == 0 || misses == 0 {
+		t.Errorf("stats %d/%d", hits, misses)
+	}
+}
+
+// Through the real stream: a cached device shows its new status as soon as
+// the projection has it, while liveness changes wait for the TTL.
+func TestCacheFollowsTransitions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	c, err := NewCache(CacheConfig{Store: projections.NewStore(f.db), JetStream: f.js, TTL: time.Hour, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+
+	f.register(t, "A", "g")
+	in := f.register(t, "B", "g")
+	tr := f.transition(t, "A", events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, 1)
+	f.wait(t, in, tr)
+	a, err := c.Device(ctx, "A")
+	if err != nil || a.Status != events.StatusConnected {
+		t.Fatalf("A: %+v %v", a, err)
+	}
+	if _, err := c.Device(ctx, "B"); err != nil {
+		t.Fatal(err)
+	}
+	in = f.heartbeat(t, "A", 50, "")
+	tr = f.transition(t, "A", events.StatusConnected, events.StatusTemporarilyOffline, events.ReasonHeartbeatTimeout, 41)
+	f.wait(t, in, tr)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a, err := c.Device(ctx, "A")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Status == events.StatusTemporarilyOffline {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("cached A never showed its transition")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, misses := c.Stats()
+	if _, err := c.Device(ctx, "B"); err != nil {
+		t.Fatal(err)
+	}
+	if _, m := c.Stats(); m != misses {
+		t.Error("B was re-read: A's transition flushed more than A")
+	}
+}
+
+func mustDevice(t *testing.T, c *Cache, id string) {
+	t.Helper()
+	if _, err := c.Device(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+}
