@@ -32,7 +32,7 @@ var t0 = time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC)
 // env is a bridge on a real embedded JetStream behind an httptest.Server
 // with the real handler chain (httpx.DeviceIDs around the mux).
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	bus *bus.Bus
 	reg *registry.Registry
 	br  *Bridge
@@ -42,11 +42,11 @@ type env struct {
 
 type envOpt func(*Config)
 
-func newEnv(t *testing.T, opts ...envOpt) *env {
+func newEnv(t testing.TB, opts ...envOpt) *env {
 	return newEnvOnBus(t, testenv.NATS(t, bus.Config{Partitions: 4}), opts...)
 }
 
-func newEnvOnBus(t *testing.T, b *bus.Bus, opts ...envOpt) *env {
+func newEnvOnBus(t testing.TB, b *bus.Bus, opts ...envOpt) *env {
 	t.Helper()
 	clk := clock.NewFake(t0)
 	reg, err := registry.New(registry.Config{Bus: b, Clock: clk, Logger: testenv.Logger(t)})
@@ -81,7 +81,7 @@ func (e *env) waitReady() {
 	waitFor(e.t, "bridge ready", func() bool { return e.br.Ready(context.Background()) == nil })
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
@@ -98,7 +98,7 @@ type result struct {
 	body []byte
 }
 
-func (r result) obj(t *testing.T) map[string]any {
+func (r result) obj(t testing.TB) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(r.body, &m); err != nil {
@@ -108,7 +108,7 @@ func (r result) obj(t *testing.T) map[string]any {
 }
 
 // errCode returns error.code of an error answer and checks its shape.
-func (r result) errCode(t *testing.T) string {
+func (r result) errCode(t testing.TB) string {
 	t.Helper()
 	var b httpx.ErrorBody
 	if err := json.Unmarshal(r.body, &b); err != nil || b.Error.Code == "" || b.Error.Message == "" {
@@ -180,7 +180,7 @@ func (e *env) inputEvents() []storedEvent {
 	return streamEvents(e.t, e.bus)
 }
 
-func streamEvents(t *testing.T, b *bus.Bus) []storedEvent {
+func streamEvents(t testing.TB, b *bus.Bus) []storedEvent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
