@@ -72,6 +72,8 @@ func TestHeartbeatRefusesBadInput(t *testing.T) {
 		{"too many metrics", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(manyMetrics(DefaultMaxMetrics + 1)), 400, httpx.CodeUnprocessableEntity},
 		{"metric too large", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"x":"` + strings.Repeat("a", DefaultMaxMetricBytes) + `"}}`), 400, httpx.CodeUnprocessableEntity},
 		{"duplicate metric", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"a":1,"a":2}}`), 400, httpx.CodeUnprocessableEntity},
+		{"number out of range", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"x":1e999999}}`), 400, httpx.CodeUnprocessableEntity},
+		{"metrics nested too deep", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"x":` + strings.Repeat("[", 17) + strings.Repeat("]", 17) + `}}`), 400, httpx.CodeUnprocessableEntity},
 		{"bad device_time", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"device_time":"yesterday"}`), 400, httpx.CodeUnprocessableEntity},
 		{"id empty", "/v1/devices//heartbeat", "application/json", strings.NewReader(`{}`), 400, httpx.CodeInvalidDeviceID},
 		{"id 129 bytes", devPath(strings.Repeat("x", 129), "/heartbeat"), "application/json", strings.NewReader(`{}`), 400, httpx.CodeInvalidDeviceID},
@@ -97,7 +99,8 @@ func TestHeartbeatRefusesBadInput(t *testing.T) {
 	}
 	// The limits themselves are accepted.
 	ok := []string{manyMetrics(DefaultMaxMetrics), `{"metrics":{"x":"` + strings.Repeat("a", DefaultMaxMetricBytes-2) + `"}}`,
-		`{"metrics":{"emoji":"\ud83d\ude00","unknown_key":{"nested":[1,2,null]}}}`, `{"device_time":null,"metrics":null}`}
+		`{"metrics":{"emoji":"\ud83d\ude00","unknown_key":{"nested":[1,2,null]}}}`, `{"device_time":null,"metrics":null}`,
+		`{"metrics":{"x":` + strings.Repeat("[", 16) + strings.Repeat("]", 16) + `,"big":1e300}}`}
 	for _, body := range ok {
 		if r := e.heartbeat("dev", tok, body); r.code != 200 {
 			t.Errorf("valid body refused: %d %s", r.code, r.body)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -253,11 +254,51 @@ func checkMetrics(raw json.RawMessage, maxMetrics, maxMetricBytes int) (json.Raw
 			return nil, invalidField("metric %q is larger than %d bytes", key, maxMetricBytes)
 		}
 	}
+	if err := checkValues(raw); err != nil {
+		return nil, err
+	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, raw); err != nil {
 		return nil, malformed("malformed metrics: %v", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// MaxMetricDepth bounds the nesting of arrays and objects inside metrics.
+const MaxMetricDepth = 16
+
+// checkValues walks every token of the metrics: nesting at most
+// MaxMetricDepth deep, every number finite as a 64-bit float. Both keep a
+// value that JSON allows but Postgres jsonb refuses (1e999999 overflows
+// numeric) or that costs deep recursion out of the pipeline.
+func checkValues(raw json.RawMessage) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return malformed("malformed metrics: %v", err)
+		}
+		switch v := tok.(type) {
+		case json.Delim:
+			if v == '{' || v == '[' {
+				depth++
+				if depth > MaxMetricDepth+1 { // +1: the metrics object itself
+					return invalidField("metrics are nested deeper than %d levels", MaxMetricDepth)
+				}
+			} else {
+				depth--
+			}
+		case json.Number:
+			if _, err := strconv.ParseFloat(string(v), 64); err != nil {
+				return invalidField("metric number %.32s is out of range", v)
+			}
+		}
+	}
 }
 
 // pingBody is a decoded ping result request.

@@ -44,6 +44,9 @@ func FuzzHeartbeatDecode(f *testing.F) {
 			if err := json.Unmarshal(hb.Metrics, &m); err != nil {
 				t.Fatalf("accepted metrics are not a JSON object: %q: %v", hb.Metrics, err)
 			}
+			if err := checkValues(hb.Metrics); err != nil {
+				t.Fatalf("accepted metrics fail the value check: %v", err)
+			}
 			if len(m) > 8 {
 				t.Fatalf("%d metrics accepted, limit 8", len(m))
 			}
