@@ -197,7 +197,9 @@ type heartbeatBody struct {
 // without metrics. Unknown top-level fields are refused (400) so that a typo
 // ("metric") is not silently dropped; unknown metric keys are kept verbatim.
 // Metrics: a JSON object (or null) of at most maxMetrics keys, each key 1–128
-// bytes, each value's JSON at most maxMetricBytes bytes, no duplicate keys.
+// bytes, each value's JSON at most maxMetricBytes bytes, no duplicate keys,
+// nesting at most MaxMetricDepth, numbers finite as 64-bit floats. Anywhere
+// in the body: valid UTF-8, no NUL (raw or \u0000), no unpaired surrogate.
 func decodeHeartbeat(body []byte, maxMetrics, maxMetricBytes int) (heartbeatBody, error) {
 	var hb heartbeatBody
 	if len(bytes.TrimSpace(body)) == 0 {
