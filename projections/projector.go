@@ -228,10 +228,11 @@ func (p *Projector) Run(ctx context.Context) error {
 
 // Ready reports whether every projection is making progress: it returns nil,
 // or a *[NotReadyError] (wrapping [ErrNotReady]) while a projection is
-// starting, stopped, cannot reach Postgres or JetStream, finds its stream
-// behind its checkpoint, or has had events pending without a commit for
-// StallTimeout. Being behind while catching up is not "not ready": see [Lag].
-// It does no I/O.
+// starting, stopped, cannot reach Postgres or JetStream (checked by every
+// write and, when idle, every LagInterval), finds its stream behind its
+// checkpoint, or has had events pending without a commit for StallTimeout.
+// Being behind while catching up is not "not ready": see [Lag]. It does no
+// I/O.
 func (p *Projector) Ready(_ context.Context) error {
 	now := p.cfg.Clock.Now()
 	var errs []error
@@ -284,7 +285,8 @@ type projState struct {
 	checkpoint   uint64
 	lastCommit   time.Time
 	progressAt   time.Time // last commit or (re)start
-	dbErr        error
+	dbErr        error     // last write or checkpoint read failed (cleared by the next success)
+	pingErr      error     // last probe's Postgres ping failed
 	busErr       error
 	streamBehind bool
 	lagEvents    uint64
@@ -300,6 +302,8 @@ func (s *projState) ready(now time.Time, stall time.Duration) error {
 		return &NotReadyError{Projection: s.name, Reason: "not running"}
 	case s.dbErr != nil:
 		return &NotReadyError{Projection: s.name, Reason: "database unavailable", Err: s.dbErr}
+	case s.pingErr != nil:
+		return &NotReadyError{Projection: s.name, Reason: "database unavailable", Err: s.pingErr}
 	case s.busErr != nil:
 		return &NotReadyError{Projection: s.name, Reason: "stream unavailable", Err: s.busErr}
 	case s.streamBehind:
@@ -335,6 +339,12 @@ func (s *projState) stopped() {
 func (s *projState) setDBErr(err error) {
 	s.mu.Lock()
 	s.dbErr = err
+	s.mu.Unlock()
+}
+
+func (s *projState) setPingErr(err error) {
+	s.mu.Lock()
+	s.pingErr = err
 	s.mu.Unlock()
 }
 

@@ -281,6 +281,12 @@ func (r *runner[T]) probeLoop(ctx context.Context) {
 			r.st.setBusErr(err)
 			r.log.Debug("lag probe failed", slog.Any("err", err))
 		}
+		pctx, cancel := context.WithTimeout(ctx, max(r.p.cfg.LagInterval, time.Second))
+		err := r.p.cfg.DB.PingContext(pctx)
+		cancel()
+		if ctx.Err() == nil {
+			r.st.setPingErr(err)
+		}
 	}
 }
 

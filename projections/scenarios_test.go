@@ -164,7 +164,11 @@ func TestDatabaseDownRetriesAndReportsNotReady(t *testing.T) {
 	waitCheckpoint(t, db, ProjectionTransitions, seq)
 	eventually(t, 5*time.Second, "ready", func() bool { return p.Ready(ctx) == nil })
 
+	// Idle: the probe notices.
 	proxy.down()
+	eventually(t, 5*time.Second, "not ready while Postgres is down and the projector idle", func() bool {
+		return errors.Is(p.Ready(ctx), ErrNotReady)
+	})
 	var last uint64
 	for i := range 20 {
 		last = publishTransition(t, js, "A", events.StatusConnected, events.StatusTemporarilyOffline, events.ReasonHeartbeatTimeout, float64(10+i))
