@@ -115,7 +115,7 @@ func TestNewPlanRefusesTightThresholds(t *testing.T) {
 	t.Parallel()
 	bad := []Scenario{
 		{Thresholds: trace.Thresholds{OfflineAfter: 1200 * time.Millisecond, DisconnectAfter: 5 * time.Second}}, // I=1s too close to O
-		{Thresholds: trace.Thresholds{OfflineAfter: 2 * time.Second, DisconnectAfter: 2500 * time.Millisecond}},  // O and D too close
+		{Thresholds: trace.Thresholds{OfflineAfter: 2 * time.Second, DisconnectAfter: 2500 * time.Millisecond}}, // O and D too close
 		{Thresholds: trace.Thresholds{OfflineAfter: 5 * time.Second, DisconnectAfter: 2 * time.Second}},
 		{Jitter: 400 * time.Millisecond},
 		{Mix: map[Behaviour]int{"teleport": 1}},
