@@ -203,7 +203,8 @@ func (w *Worker) runOwned(ctx context.Context, p int, l *lease) {
 	log := w.log.With(slog.Int("partition", p))
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go l.keep(pctx, func(err error) { cancel(err) })
+	kept := make(chan struct{})
+	go func() { defer close(kept); l.keep(pctx, func(err error) { cancel(err) }) }()
 	w.m.owned.Inc()
 	defer w.m.owned.Dec()
 	log.Info("partition acquired")
@@ -214,6 +215,8 @@ func (w *Worker) runOwned(ctx context.Context, p int, l *lease) {
 	w.mu.Lock()
 	delete(w.parts, p)
 	w.mu.Unlock()
+	cancel(nil)
+	<-kept // the lease's revision is no longer being renewed
 	l.release(context.WithoutCancel(ctx))
 	if err != nil {
 		log.Warn("partition stopped", slog.Any("err", err))

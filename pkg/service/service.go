@@ -1,0 +1,303 @@
+// Package service assembles devstatus's roles (bridge, worker, ticker,
+// projector, read API) into one process around one bus connection and one
+// HTTP server, starts them, reports health, and stops them in order. The
+// devstatus binary and the end-to-end tests both use it.
+//
+// It owns wiring and lifecycle only: it must not contain device logic.
+package service
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/devstatus/devstatus/pkg/bus"
+	"github.com/devstatus/devstatus/pkg/clock"
+	"github.com/devstatus/devstatus/pkg/httpx"
+	"github.com/devstatus/devstatus/pkg/ticker"
+	"github.com/devstatus/devstatus/pkg/worker"
+)
+
+// Role names.
+const (
+	RoleBridge    = "bridge"
+	RoleWorker    = "worker"
+	RoleTicker    = "ticker"
+	RoleProjector = "projector"
+	RoleAPI       = "api"
+)
+
+// AllRoles is what --roles all means.
+var AllRoles = []string{RoleBridge, RoleWorker, RoleTicker, RoleProjector, RoleAPI}
+
+// ErrInvalidConfig wraps configuration errors of [New].
+var ErrInvalidConfig = errors.New("service: invalid config")
+
+// Config configures a [Service]. Zero values take the documented defaults.
+type Config struct {
+	// HTTPAddr to listen on; "127.0.0.1:0" picks a free port. Default ":8080".
+	HTTPAddr string
+	// Bus configures the JetStream connection (embedded when Bus.URL is empty).
+	Bus bus.Config
+	// DatabaseURL of Postgres; required by the projector and api roles.
+	DatabaseURL string
+	// Roles to run; nil means [AllRoles].
+	Roles []string
+	// Thresholds of the state machine.
+	Thresholds worker.Thresholds
+	// Tick period of the ticker role. Default 1s.
+	Tick time.Duration
+	// HeartbeatInterval told to devices. Default 30s.
+	HeartbeatInterval time.Duration
+	// RateMinInterval / RatePerMinute per device; 0 turns each off.
+	RateMinInterval time.Duration
+	RatePerMinute   int
+	// AdminToken and PingToken are the bearer tokens (required with the
+	// bridge or api roles).
+	AdminToken, PingToken string
+	// Migrate applies the Postgres schema at start.
+	Migrate bool
+	// InstanceID names this instance in leases and logs.
+	InstanceID string
+	// WorkerPartitions limits the partitions this worker may own (nil: all).
+	WorkerPartitions []int
+	// Clock stamps heartbeats and ticks. Default clock.NewMonotonic().
+	Clock clock.Clock
+	// Logger. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Service is a running devstatus process.
+type Service struct {
+	cfg      Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	Bus      *bus.Bus
+	DB       *sql.DB
+	Worker   *worker.Worker
+	listener net.Listener
+	server   *http.Server
+
+	cancel context.CancelFunc
+	runCtx context.Context
+	wg     sync.WaitGroup
+	errs   chan error
+	ready  []func(context.Context) error
+}
+
+func (c *Config) setDefaults() {
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = ":8080"
+	}
+	if c.Roles == nil {
+		c.Roles = slices.Clone(AllRoles)
+	}
+	if c.Tick == 0 {
+		c.Tick = time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 30 * time.Second
+	}
+	if c.Clock == nil {
+		c.Clock = clock.NewMonotonic()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Bus.Logger == nil {
+		c.Bus.Logger = c.Logger
+	}
+}
+
+// Has reports whether the service runs role.
+func (c *Config) Has(role string) bool { return slices.Contains(c.Roles, role) }
+
+func (c *Config) validate() error {
+	var errs []error
+	for _, r := range c.Roles {
+		if !slices.Contains(AllRoles, r) {
+			errs = append(errs, fmt.Errorf("unknown role %q", r))
+		}
+	}
+	if (c.Has(RoleBridge) || c.Has(RoleAPI)) && c.AdminToken == "" {
+		errs = append(errs, errors.New("an admin token is required with the bridge or api role"))
+	}
+	if (c.Has(RoleProjector) || c.Has(RoleAPI)) && c.DatabaseURL == "" {
+		errs = append(errs, errors.New("a database URL is required with the projector or api role (set DATABASE_URL)"))
+	}
+	if err := c.Thresholds.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// Start opens the bus and the database, builds the roles, starts them and the
+// HTTP server, and returns. Errors wrap [ErrInvalidConfig] or say which part
+// could not start; everything started is stopped again on error.
+func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
+	if cfg.Thresholds.Default.OfflineAfter == 0 {
+		cfg.Thresholds.Default.OfflineAfter = 40 * time.Second
+		cfg.Thresholds.Default.DisconnectAfter = 300 * time.Second
+		cfg.Thresholds.Default.PingIgnoreWithin = 30 * time.Second
+	}
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), errs: make(chan error, 16)}
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	defer func() {
+		if err != nil {
+			s.Stop(context.Background())
+		}
+	}()
+
+	if s.Bus, err = bus.Open(ctx, cfg.Bus); err != nil {
+		return nil, err
+	}
+	s.ready = append(s.ready, func(context.Context) error {
+		if st := s.Bus.NC.Status(); st != nats.CONNECTED {
+			return fmt.Errorf("nats: %s", st)
+		}
+		return nil
+	})
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel, s.runCtx = cancel, runCtx
+	mux := http.NewServeMux()
+
+	if err := s.startRoles(ctx, runCtx, mux); err != nil {
+		return nil, err
+	}
+
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.handleReady)
+
+	s.listener, err = net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("service: listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	s.server = &http.Server{
+		Handler:           httpx.DeviceIDs(mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second, // long-lived streams extend their own deadline
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.server.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errs <- fmt.Errorf("service: http: %w", err)
+		}
+	}()
+	return s, nil
+}
+
+// run starts a role's Run on its own goroutine.
+func (s *Service) run(ctx context.Context, name string, f func(context.Context) error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := f(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("role stopped", slog.String("role", name), slog.Any("err", err))
+			s.errs <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
+}
+
+func (s *Service) startRoles(ctx, runCtx context.Context, mux *http.ServeMux) error {
+	cfg := s.cfg
+	if cfg.Has(RoleWorker) {
+		w, err := worker.New(worker.Config{Bus: s.Bus, Thresholds: cfg.Thresholds, InstanceID: cfg.InstanceID,
+			Partitions: cfg.WorkerPartitions, LeaseTTL: cfg.Bus.LeaseTTL, Logger: cfg.Logger, Registerer: s.reg})
+		if err != nil {
+			return err
+		}
+		s.Worker = w
+		s.run(runCtx, RoleWorker, w.Run)
+	}
+	if cfg.Has(RoleTicker) {
+		t, err := ticker.New(ticker.Config{Bus: s.Bus, Period: cfg.Tick, Clock: cfg.Clock, Logger: cfg.Logger, Registerer: s.reg})
+		if err != nil {
+			return err
+		}
+		s.run(runCtx, RoleTicker, t.Run)
+	}
+	return s.startDataRoles(ctx, runCtx, mux)
+}
+
+func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var problems []string
+	for _, check := range s.ready {
+		if err := check(ctx); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if len(problems) > 0 {
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not_ready", "problems": problems})
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// Addr is the HTTP listen address (useful with port 0).
+func (s *Service) Addr() string { return s.listener.Addr().String() }
+
+// Registry is the Prometheus registry served at /metrics.
+func (s *Service) Registry() *prometheus.Registry { return s.reg }
+
+// Errors reports roles that stopped with an error.
+func (s *Service) Errors() <-chan error { return s.errs }
+
+// Stop shuts down in order: the HTTP server (no new heartbeats; in-flight
+// requests finish), then the roles (workers write final snapshots and release
+// their leases), then the database and the bus (drained). It waits at most
+// until ctx ends.
+func (s *Service) Stop(ctx context.Context) {
+	if s.server != nil {
+		if err := s.server.Shutdown(ctx); err != nil {
+			_ = s.server.Close()
+		}
+	} else if s.listener != nil {
+		_ = s.listener.Close()
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("shutdown timed out; some roles did not stop")
+	}
+	if s.DB != nil {
+		_ = s.DB.Close()
+	}
+	if s.Bus != nil {
+		s.Bus.Close()
+	}
+}
