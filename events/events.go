@@ -180,6 +180,47 @@ type StatusChanged struct {
 	LastHeartbeatAt *time.Time `json:"last_heartbeat_at,omitempty"`
 }
 
+// ProbeRequest asks the ping service to probe a device whose heartbeat is
+// stale. Partition workers publish it on the probe stream.
+type ProbeRequest struct {
+	V      int    `json:"v"`
+	ID     string `json:"id"`
+	Device string `json:"device"`
+	// DueAt is when the probe became due (last heartbeat + probe delay, then
+	// backing off), observer time.
+	DueAt time.Time `json:"due_at"`
+	// Attempt counts the probes of this silence: 1, 2, 3 …
+	Attempt int `json:"attempt"`
+	// LastHeartbeatAt is the device's last heartbeat receive time.
+	LastHeartbeatAt time.Time `json:"last_heartbeat_at"`
+	Cause           Cause     `json:"cause"`
+	Partition       int       `json:"partition"`
+}
+
+// EncodeProbeRequest marshals a probe request, setting V to [Version] when zero.
+func EncodeProbeRequest(r *ProbeRequest) ([]byte, error) {
+	if r.V == 0 {
+		r.V = Version
+	}
+	return json.Marshal(r)
+}
+
+// DecodeProbeRequest unmarshals and checks a probe request. Errors wrap
+// [ErrMalformed] or [ErrUnsupportedVersion].
+func DecodeProbeRequest(b []byte) (*ProbeRequest, error) {
+	var r ProbeRequest
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if r.V < 1 || r.V > Version {
+		return nil, fmt.Errorf("%w: %d", ErrUnsupportedVersion, r.V)
+	}
+	if r.Device == "" || r.DueAt.IsZero() {
+		return nil, fmt.Errorf("%w: probe request needs device and due_at", ErrMalformed)
+	}
+	return &r, nil
+}
+
 // MsgID is the JetStream Nats-Msg-Id of the transition: it is derived from its
 // cause, so re-processing the same input yields the same id.
 func (s *StatusChanged) MsgID() string {

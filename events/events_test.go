@@ -233,3 +233,20 @@ func FuzzDeviceIDEncoding(f *testing.F) {
 		}
 	})
 }
+
+func TestProbeRequestGolden(t *testing.T) {
+	r := &ProbeRequest{ID: "probe-3-42-0", Device: "kiosk-7", DueAt: ts("2026-01-02T03:04:40Z"), Attempt: 1,
+		LastHeartbeatAt: ts("2026-01-02T03:04:05Z"), Cause: Cause{EventID: "tick-3-1", Type: TypeTick, Seq: 42}, Partition: 3}
+	b, err := EncodeProbeRequest(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "probe_request", b)
+	back, err := DecodeProbeRequest(b)
+	if err != nil || back.Device != "kiosk-7" || back.Attempt != 1 {
+		t.Fatalf("%+v %v", back, err)
+	}
+	if _, err := DecodeProbeRequest([]byte(`{"v":1}`)); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("empty request accepted: %v", err)
+	}
+}

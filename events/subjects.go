@@ -20,8 +20,14 @@ const (
 	// TransitionStream holds status changes, subjects "devstatus.tr.<partition>.<token>".
 	TransitionStream = "DEVSTATUS_TR"
 
+	// ProbeStream is a work queue of probe requests for the ping service,
+	// subjects "devstatus.probe.<partition>.<token>", at most one pending
+	// request per device (the newest).
+	ProbeStream = "DEVSTATUS_PROBES"
+
 	InputSubjects      = "devstatus.in.>"
 	TransitionSubjects = "devstatus.tr.>"
+	ProbeSubjects      = "devstatus.probe.>"
 
 	// DevicesBucket is the JetStream KV bucket of device registrations
 	// (key: [SubjectToken] of the id).
@@ -132,6 +138,11 @@ func PartitionFilter(p int) string {
 // TransitionSubject is the transitions-stream subject of a device.
 func TransitionSubject(id string, partitions int) string {
 	return "devstatus.tr." + strconv.Itoa(Partition(id, partitions)) + "." + SubjectToken(id)
+}
+
+// ProbeSubject is the probe-request subject of a device.
+func ProbeSubject(id string, partitions int) string {
+	return "devstatus.probe." + strconv.Itoa(Partition(id, partitions)) + "." + SubjectToken(id)
 }
 
 // TransitionPartitionFilter is the transitions-stream filter of partition p.

@@ -243,6 +243,21 @@ func (b *Bus) ensure(ctx context.Context) error {
 	if _, err := b.JS.CreateOrUpdateStream(ctx, tr); err != nil {
 		return fmt.Errorf("bus: ensure stream %s: %w", tr.Name, err)
 	}
+	probes := jetstream.StreamConfig{
+		Name:              events.ProbeStream,
+		Description:       "devstatus probe requests for the ping service (work queue, newest per device)",
+		Subjects:          []string{events.ProbeSubjects},
+		Retention:         jetstream.WorkQueuePolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.Replicas,
+		MaxAge:            10 * time.Minute,
+		MaxMsgsPerSubject: 1,
+		Discard:           jetstream.DiscardOld,
+		Duplicates:        2 * time.Minute,
+	}
+	if _, err := b.JS.CreateOrUpdateStream(ctx, probes); err != nil {
+		return fmt.Errorf("bus: ensure stream %s: %w", probes.Name, err)
+	}
 	var err error
 	b.Devices, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: events.DevicesBucket, Description: "devstatus device registry", History: 1,
