@@ -57,6 +57,12 @@ type Config struct {
 	Roles []string
 	// Thresholds of the state machine.
 	Thresholds worker.Thresholds
+	// ProbeAfter is how long after a device's last heartbeat the worker asks
+	// for the first probe (negative: never). Default 35s.
+	ProbeAfter time.Duration
+	// PingMaxInterval caps the backoff between probes of a silent device.
+	// Default 5 min.
+	PingMaxInterval time.Duration
 	// Tick period of the ticker role. Default 1s.
 	Tick time.Duration
 	// HeartbeatInterval told to devices. Default 30s.
@@ -230,6 +236,7 @@ func (s *Service) startRoles(ctx, runCtx context.Context, mux *http.ServeMux) er
 	cfg := s.cfg
 	if cfg.Has(RoleWorker) {
 		w, err := worker.New(worker.Config{Bus: s.Bus, Thresholds: cfg.Thresholds, InstanceID: cfg.InstanceID,
+			Probing:    worker.Probing{After: cfg.ProbeAfter, MaxInterval: cfg.PingMaxInterval},
 			Partitions: cfg.WorkerPartitions, LeaseTTL: cfg.Bus.LeaseTTL, Logger: cfg.Logger, Registerer: s.reg})
 		if err != nil {
 			return err

@@ -11,6 +11,7 @@ type metrics struct {
 	ignored         *prometheus.CounterVec
 	transitions     *prometheus.CounterVec
 	suppressed      prometheus.Counter
+	probes          prometheus.Counter
 	lag             *prometheus.GaugeVec
 	devices         *prometheus.GaugeVec
 	owned           prometheus.Gauge
@@ -29,6 +30,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Status transitions published, by from, to and reason code."}, []string{"from", "to", "reason_code"}),
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "devstatus_worker_replayed_transitions_total",
 			Help: "Transitions recomputed during a replay and not published again (an earlier run published them)."}),
+		probes: prometheus.NewCounter(prometheus.CounterOpts{Name: "devstatus_worker_probe_requests_total",
+			Help: "Probe requests published for devices whose heartbeat is stale."}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "devstatus_consumer_lag_events",
 			Help: "Input events waiting behind the partition worker, per partition."}, []string{"partition"}),
 		devices: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "devstatus_worker_devices",
@@ -43,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Snapshots that could not be written."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.events, m.ignored, m.transitions, m.suppressed, m.lag, m.devices, m.owned, m.publishSeconds, m.snapshotSeconds, m.snapshotErrors)
+		reg.MustRegister(m.events, m.ignored, m.transitions, m.suppressed, m.probes, m.lag, m.devices, m.owned, m.publishSeconds, m.snapshotSeconds, m.snapshotErrors)
 	}
 	return m
 }

@@ -41,22 +41,58 @@ func (t Thresholds) of(group string) statemachine.Thresholds {
 	return t.Default
 }
 
+// Probing configures the probe requests a partition emits for devices whose
+// heartbeat is stale.
+type Probing struct {
+	// After is how long after the last heartbeat the first probe is due; the
+	// group's ping_ignore_within is the floor (a probe earlier than that
+	// would be ignored). Negative disables probe requests. Default 35s: a
+	// device heartbeating every 30 s with some jitter is never probed.
+	After time.Duration
+	// MaxInterval caps the backoff between probes of a silent device (30 s,
+	// 1 min, 2 min, …). Default 5 min.
+	MaxInterval time.Duration
+}
+
+func (p *Probing) setDefaults() {
+	if p.After == 0 {
+		p.After = 35 * time.Second
+	}
+	if p.MaxInterval == 0 {
+		p.MaxInterval = 5 * time.Minute
+	}
+}
+
+// firstProbeBackoff is the interval after the first probe of a silence; it
+// doubles up to Probing.MaxInterval.
+const firstProbeBackoff = 30 * time.Second
+
+// probeState is a device's probe schedule: 16 bytes.
+type probeState struct {
+	// Next is when the next probe is due, Unix ns; 0 = none.
+	Next int64
+	// Step counts probes issued in this silence.
+	Step int32
+}
+
 // partition is the state of one partition: every device's compact state, a
 // deadline heap, and the position in the input log. It is pure: no I/O, no
 // clock, no goroutines; the runner feeds it the log in order.
 //
 // Memory per device: the map entry and id string (~50 B + id length), the
-// 40-byte statemachine.Device, an 8-byte scheduled deadline, and at most one
-// 16-byte heap entry.
+// 40-byte statemachine.Device, an 8-byte heap-entry time, a 16-byte probe
+// schedule, and at most one 16-byte heap entry.
 type partition struct {
 	p, partitions int
 	th            Thresholds
+	probing       Probing
 	m             *statemachine.Machine
 
 	index map[string]int32
 	ids   []string // "" marks a free slot
 	devs  []statemachine.Device
-	sched []int64 // deadline of the device's heap entry, 0 = none
+	sched  []int64 // time of the device's heap entry, 0 = none
+	probes []probeState
 	free  []int32
 
 	groups   []string
@@ -72,9 +108,10 @@ type partition struct {
 	due     []int32
 }
 
-func newPartition(p, partitions int, th Thresholds) *partition {
+func newPartition(p, partitions int, th Thresholds, probing Probing) *partition {
+	probing.setDefaults()
 	return &partition{
-		p: p, partitions: partitions, th: th, m: statemachine.NewMachine(),
+		p: p, partitions: partitions, th: th, probing: probing, m: statemachine.NewMachine(),
 		index: make(map[string]int32), groupIdx: make(map[string]uint16),
 	}
 }
@@ -90,17 +127,18 @@ func (s *partition) group(name string) uint16 {
 	return g
 }
 
-func (s *partition) add(id string, d statemachine.Device) int32 {
+func (s *partition) add(id string, d statemachine.Device, pr probeState) int32 {
 	var i int32
 	if n := len(s.free); n > 0 {
 		i = s.free[n-1]
 		s.free = s.free[:n-1]
-		s.ids[i], s.devs[i], s.sched[i] = id, d, 0
+		s.ids[i], s.devs[i], s.sched[i], s.probes[i] = id, d, 0, pr
 	} else {
 		i = int32(len(s.ids))
 		s.ids = append(s.ids, id)
 		s.devs = append(s.devs, d)
 		s.sched = append(s.sched, 0)
+		s.probes = append(s.probes, pr)
 	}
 	s.index[id] = i
 	s.schedule(i)
@@ -109,16 +147,26 @@ func (s *partition) add(id string, d statemachine.Device) int32 {
 
 func (s *partition) remove(i int32) {
 	delete(s.index, s.ids[i])
-	s.ids[i], s.devs[i], s.sched[i] = "", statemachine.Device{}, 0
+	s.ids[i], s.devs[i], s.sched[i], s.probes[i] = "", statemachine.Device{}, 0, probeState{}
 	s.free = append(s.free, i)
 }
 
-// schedule keeps the invariant: a device with a pending timeout has a heap
-// entry no later than that timeout (sched[i] is the entry's time). Entries
-// left behind by later deadlines are found stale when popped.
-func (s *partition) schedule(i int32) {
+// wake is when the device next needs a tick: its next timeout or its next
+// probe, whichever comes first; 0 when neither is pending.
+func (s *partition) wake(i int32) int64 {
 	d := &s.devs[i]
 	nd := statemachine.Deadline(d, s.groupTh[d.Group])
+	if p := s.probes[i].Next; p != 0 && (nd == 0 || p < nd) {
+		nd = p
+	}
+	return nd
+}
+
+// schedule keeps the invariant: a device with a pending timeout or probe has
+// a heap entry no later than it (sched[i] is the entry's time). Entries left
+// behind by later times are found stale when popped.
+func (s *partition) schedule(i int32) {
+	nd := s.wake(i)
 	if nd != 0 && (s.sched[i] == 0 || nd < s.sched[i]) {
 		s.sched[i] = nd
 		heap.Push(&s.dl, deadline{at: nd, i: i})
@@ -137,14 +185,21 @@ type applyResult struct {
 // it causes to out. Inputs at or below the last applied sequence are skipped,
 // so a redelivered event never yields a second transition.
 func (s *partition) apply(seq uint64, in *events.Input, out []events.StatusChanged) ([]events.StatusChanged, applyResult, error) {
+	out, _, res, err := s.applyAll(seq, in, out, nil)
+	return out, res, err
+}
+
+// applyAll is apply that also appends the probe requests the input makes due.
+func (s *partition) applyAll(seq uint64, in *events.Input, out []events.StatusChanged, probes []events.ProbeRequest) ([]events.StatusChanged, []events.ProbeRequest, applyResult, error) {
 	if seq <= s.seq {
-		return out, applyResult{Skipped: true}, nil
+		return out, probes, applyResult{Skipped: true}, nil
 	}
 	s.seq = seq
 	at := in.At.UnixNano()
 	ctx := context.Background()
 	var res applyResult
-	base := len(out)
+	base, pbase := len(out), len(probes)
+	cause := events.Cause{EventID: in.ID, Type: in.Type, Seq: seq}
 	emit := func(i int32, ts []statemachine.Transition) {
 		d := &s.devs[i]
 		for _, t := range ts {
@@ -152,8 +207,7 @@ func (s *partition) apply(seq uint64, in *events.Input, out []events.StatusChang
 				V: events.Version, Device: s.ids[i], Group: s.groups[d.Group],
 				From: t.From.Wire(), To: t.To.Wire(), ReasonCode: t.ReasonCode, Reason: t.Reason,
 				At: time.Unix(0, t.At).UTC(), ObservedAt: time.Unix(0, t.ObservedAt).UTC(),
-				Cause:     events.Cause{EventID: in.ID, Type: in.Type, Seq: seq},
-				Partition: s.p, Index: len(out) - base,
+				Cause: cause, Partition: s.p, Index: len(out) - base,
 			}
 			if d.LastHeartbeat != 0 {
 				lh := time.Unix(0, d.LastHeartbeat).UTC()
@@ -168,7 +222,7 @@ func (s *partition) apply(seq uint64, in *events.Input, out []events.StatusChang
 	case events.TypeTick:
 		if at <= s.now {
 			res.Ignored = "stale_tick"
-			return out, res, nil
+			return out, probes, res, nil
 		}
 		s.now = at
 		// Collect every device whose entry is due, then apply in id order:
@@ -189,39 +243,52 @@ func (s *partition) apply(seq uint64, in *events.Input, out []events.StatusChang
 			var err error
 			s.scratch, err = s.m.Apply(ctx, d, s.groupTh[d.Group], statemachine.Input{Kind: statemachine.KindTick, At: at}, s.scratch[:0])
 			if err != nil {
-				return out, res, err
+				return out, probes, res, err
 			}
 			emit(i, s.scratch)
+			if pr := &s.probes[i]; pr.Next != 0 && pr.Next <= at {
+				pr.Step++
+				probes = append(probes, events.ProbeRequest{
+					V: events.Version, ID: fmt.Sprintf("probe-%d-%d-%d", s.p, seq, len(probes)-pbase),
+					Device: s.ids[i], DueAt: time.Unix(0, pr.Next).UTC(), Attempt: int(pr.Step),
+					LastHeartbeatAt: time.Unix(0, d.LastHeartbeat).UTC(), Cause: cause, Partition: s.p,
+				})
+				backoff := min(firstProbeBackoff<<min(pr.Step-1, 20), s.probing.MaxInterval)
+				pr.Next += int64(backoff)
+				if pr.Next <= at { // long gap in ticks: do not fire a burst of catch-up probes
+					pr.Next = at + int64(backoff)
+				}
+			}
 			s.schedule(i)
 		}
-		return out, res, nil
+		return out, probes, res, nil
 
 	case events.TypeDeviceRegistered:
 		if _, ok := s.index[in.Device]; ok {
 			res.Ignored = "already_registered"
-			return out, res, nil
+			return out, probes, res, nil
 		}
 		group := ""
 		if in.Registered != nil {
 			group = in.Registered.Group
 		}
-		s.add(in.Device, statemachine.Device{Status: statemachine.Registered, Since: at, Group: s.group(group)})
-		return out, res, nil
+		s.add(in.Device, statemachine.Device{Status: statemachine.Registered, Since: at, Group: s.group(group)}, probeState{})
+		return out, probes, res, nil
 
 	case events.TypeDeviceDecommissioned:
 		i, ok := s.index[in.Device]
 		if !ok {
 			res.Ignored = "unknown_device"
-			return out, res, nil
+			return out, probes, res, nil
 		}
 		s.remove(i)
-		return out, res, nil
+		return out, probes, res, nil
 
 	case events.TypeHeartbeat, events.TypePingResult:
 		i, ok := s.index[in.Device]
 		if !ok {
 			res.Ignored = "unknown_device"
-			return out, res, nil
+			return out, probes, res, nil
 		}
 		mi := statemachine.Input{Kind: statemachine.KindHeartbeat, At: at}
 		if in.Type == events.TypePingResult {
@@ -232,17 +299,23 @@ func (s *partition) apply(seq uint64, in *events.Input, out []events.StatusChang
 			mi.CheckedAt = in.Ping.CheckedAt.UnixNano()
 		}
 		d := &s.devs[i]
+		before := d.LastHeartbeat
 		var err error
 		s.scratch, err = s.m.Apply(ctx, d, s.groupTh[d.Group], mi, s.scratch[:0])
 		if err != nil {
-			return out, res, err
+			return out, probes, res, err
 		}
 		emit(i, s.scratch)
+		if d.LastHeartbeat != before && s.probing.After >= 0 {
+			// A new heartbeat restarts the probe schedule of this silence.
+			after := max(s.probing.After, s.groupTh[d.Group].PingIgnoreWithin)
+			s.probes[i] = probeState{Next: d.LastHeartbeat + int64(after)}
+		}
 		s.schedule(i)
-		return out, res, nil
+		return out, probes, res, nil
 	}
 	res.Ignored = "not_for_worker"
-	return out, res, nil
+	return out, probes, res, nil
 }
 
 // counts returns the number of devices in each status.
@@ -282,7 +355,7 @@ func (h *deadlines) Pop() any {
 
 // snapshotVersion is bumped when the snapshot layout changes; an unknown
 // version is ignored (the worker replays the log from the start instead).
-const snapshotVersion = 1
+const snapshotVersion = 2
 
 // snapshot is the persisted state of a partition.
 type snapshot struct {
@@ -294,16 +367,19 @@ type snapshot struct {
 	Groups     []string
 	IDs        []string
 	Devices    []statemachine.Device
+	Probes     []probeState
 }
 
 // takeSnapshot copies the live state (cheap: ids are shared strings).
 func (s *partition) takeSnapshot() *snapshot {
 	sn := &snapshot{Version: snapshotVersion, Partition: s.p, Partitions: s.partitions, Seq: s.seq, Now: s.now,
-		Groups: slices.Clone(s.groups), IDs: make([]string, 0, len(s.index)), Devices: make([]statemachine.Device, 0, len(s.index))}
+		Groups: slices.Clone(s.groups), IDs: make([]string, 0, len(s.index)), Devices: make([]statemachine.Device, 0, len(s.index)),
+		Probes: make([]probeState, 0, len(s.index))}
 	for i, id := range s.ids {
 		if id != "" {
 			sn.IDs = append(sn.IDs, id)
 			sn.Devices = append(sn.Devices, s.devs[i])
+			sn.Probes = append(sn.Probes, s.probes[i])
 		}
 	}
 	return sn
@@ -325,8 +401,8 @@ func decodeSnapshot(b []byte) (*snapshot, error) {
 	if sn.Version != snapshotVersion {
 		return nil, fmt.Errorf("worker: snapshot version %d, want %d", sn.Version, snapshotVersion)
 	}
-	if len(sn.IDs) != len(sn.Devices) {
-		return nil, fmt.Errorf("worker: corrupt snapshot: %d ids, %d devices", len(sn.IDs), len(sn.Devices))
+	if len(sn.IDs) != len(sn.Devices) || len(sn.IDs) != len(sn.Probes) {
+		return nil, fmt.Errorf("worker: corrupt snapshot: %d ids, %d devices, %d probe schedules", len(sn.IDs), len(sn.Devices), len(sn.Probes))
 	}
 	return &sn, nil
 }
@@ -336,7 +412,7 @@ func (s *partition) restore(sn *snapshot) error {
 	if sn.Partition != s.p || sn.Partitions != s.partitions {
 		return fmt.Errorf("worker: snapshot of partition %d/%d loaded into %d/%d", sn.Partition, sn.Partitions, s.p, s.partitions)
 	}
-	fresh := newPartition(s.p, s.partitions, s.th)
+	fresh := newPartition(s.p, s.partitions, s.th, s.probing)
 	*s = *fresh
 	s.seq, s.now = sn.Seq, sn.Now
 	for _, g := range sn.Groups {
@@ -347,7 +423,7 @@ func (s *partition) restore(sn *snapshot) error {
 		if int(d.Group) >= len(s.groups) {
 			return fmt.Errorf("worker: corrupt snapshot: device %q has group %d of %d", id, d.Group, len(s.groups))
 		}
-		s.add(id, d)
+		s.add(id, d, sn.Probes[k])
 	}
 	return nil
 }

@@ -72,14 +72,22 @@ var testThresholds = Thresholds{
 
 func process(t *testing.T, s *partition, log []logEntry) []events.StatusChanged {
 	t.Helper()
+	out, _ := processAll(t, s, log)
+	return out
+}
+
+// processAll applies a log and returns the transitions and probe requests.
+func processAll(t *testing.T, s *partition, log []logEntry) ([]events.StatusChanged, []events.ProbeRequest) {
+	t.Helper()
 	var out []events.StatusChanged
+	var probes []events.ProbeRequest
 	for _, e := range log {
 		var err error
-		if out, _, err = s.apply(e.seq, e.in, out); err != nil {
+		if out, probes, _, err = s.applyAll(e.seq, e.in, out, probes); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return out
+	return out, probes
 }
 
 // TestReplayIsDeterministic is the property test of issue #2: for random
@@ -89,12 +97,12 @@ func TestReplayIsDeterministic(t *testing.T) {
 	for seed := uint64(1); seed <= 30; seed++ {
 		r := rand.New(rand.NewPCG(seed, 7))
 		log := randomLog(r, 12, 1500)
-		first := process(t, newPartition(3, 16, testThresholds), log)
-		if len(first) == 0 {
-			t.Fatalf("seed %d: no transitions: the generator is broken", seed)
+		first, firstProbes := processAll(t, newPartition(3, 16, testThresholds, Probing{}), log)
+		if len(first) == 0 || len(firstProbes) == 0 {
+			t.Fatalf("seed %d: no transitions or probes: the generator is broken", seed)
 		}
-		second := process(t, newPartition(3, 16, testThresholds), log)
-		if !reflect.DeepEqual(first, second) {
+		second, secondProbes := processAll(t, newPartition(3, 16, testThresholds, Probing{}), log)
+		if !reflect.DeepEqual(first, second) || !reflect.DeepEqual(firstProbes, secondProbes) {
 			t.Fatalf("seed %d: a second run differs", seed)
 		}
 
@@ -107,14 +115,14 @@ func TestReplayIsDeterministic(t *testing.T) {
 				noisy = append(noisy, log[r.IntN(k+1)])
 			}
 		}
-		if got := process(t, newPartition(3, 16, testThresholds), noisy); !reflect.DeepEqual(first, got) {
+		if got := process(t, newPartition(3, 16, testThresholds, Probing{}), noisy); !reflect.DeepEqual(first, got) {
 			t.Fatalf("seed %d: redeliveries changed the transitions (%d vs %d)", seed, len(got), len(first))
 		}
 
 		// Snapshot at a random point, encode, decode, restore, go on.
 		cut := r.IntN(len(log))
-		a := newPartition(3, 16, testThresholds)
-		head := process(t, a, log[:cut])
+		a := newPartition(3, 16, testThresholds, Probing{})
+		head, headProbes := processAll(t, a, log[:cut])
 		b, err := encodeSnapshot(a.takeSnapshot())
 		if err != nil {
 			t.Fatal(err)
@@ -123,21 +131,24 @@ func TestReplayIsDeterministic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := newPartition(3, 16, testThresholds)
+		c := newPartition(3, 16, testThresholds, Probing{})
 		if err := c.restore(sn); err != nil {
 			t.Fatal(err)
 		}
 		// The restarted worker sees the tail again from an earlier point too.
-		tail := process(t, c, log[max(0, cut-50):])
+		tail, tailProbes := processAll(t, c, log[max(0, cut-50):])
 		if got := append(head, tail...); !reflect.DeepEqual(first, got) {
 			t.Fatalf("seed %d: snapshot at %d changed the transitions", seed, cut)
+		}
+		if got := append(headProbes, tailProbes...); !reflect.DeepEqual(firstProbes, got) {
+			t.Fatalf("seed %d: snapshot at %d changed the probe requests", seed, cut)
 		}
 	}
 }
 
 func TestTransitionsAreWellFormed(t *testing.T) {
 	r := rand.New(rand.NewPCG(99, 1))
-	out := process(t, newPartition(5, 16, testThresholds), randomLog(r, 20, 3000))
+	out := process(t, newPartition(5, 16, testThresholds, Probing{}), randomLog(r, 20, 3000))
 	last := map[string]events.StatusChanged{}
 	ids := map[string]bool{}
 	for _, tr := range out {
@@ -195,11 +206,11 @@ func TestScenarioRestart(t *testing.T) {
 	for cut < len(log) && log[cut].in.At.Before(t0.Add(10*time.Second)) {
 		cut++
 	}
-	a := newPartition(0, 16, testThresholds)
+	a := newPartition(0, 16, testThresholds, Probing{})
 	out := process(t, a, log[:cut])
 	sn, _ := encodeSnapshot(a.takeSnapshot())
 	dec, _ := decodeSnapshot(sn)
-	b := newPartition(0, 16, testThresholds)
+	b := newPartition(0, 16, testThresholds, Probing{})
 	if err := b.restore(dec); err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +226,7 @@ func TestScenarioRestart(t *testing.T) {
 }
 
 func TestUnknownDeviceAndDecommission(t *testing.T) {
-	s := newPartition(0, 1, testThresholds)
+	s := newPartition(0, 1, testThresholds, Probing{})
 	_, res, _ := s.apply(1, &events.Input{Type: events.TypeHeartbeat, Device: "ghost", At: t0}, nil)
 	if res.Ignored != "unknown_device" {
 		t.Fatalf("res %+v", res)
@@ -236,7 +247,7 @@ func TestUnknownDeviceAndDecommission(t *testing.T) {
 
 func BenchmarkPartitionHeartbeats(b *testing.B) {
 	const devices = 100_000
-	s := newPartition(0, 1, testThresholds)
+	s := newPartition(0, 1, testThresholds, Probing{})
 	ids := make([]string, devices)
 	seq := uint64(0)
 	for i := range ids {
@@ -257,5 +268,44 @@ func BenchmarkPartitionHeartbeats(b *testing.B) {
 			seq++
 			out, _, _ = s.apply(seq, &events.Input{Type: events.TypeTick, At: in.At}, out[:0])
 		}
+	}
+}
+
+// A silent device is probed at last heartbeat + 35 s, then after 30 s, 1 min,
+// 2 min … capped; a heartbeat stops it; a device heartbeating every 30 s
+// (with jitter) is never probed.
+func TestProbeSchedule(t *testing.T) {
+	s := newPartition(0, 1, testThresholds, Probing{MaxInterval: 2 * time.Minute})
+	var log []logEntry
+	seq := uint64(0)
+	add := func(in *events.Input) {
+		seq++
+		in.V, in.ID = 1, fmt.Sprint(seq)
+		log = append(log, logEntry{seq, in})
+	}
+	add(&events.Input{Type: events.TypeDeviceRegistered, Device: "quiet", At: t0})
+	add(&events.Input{Type: events.TypeDeviceRegistered, Device: "steady", At: t0})
+	for sec := 0; sec <= 600; sec++ {
+		now := t0.Add(time.Duration(sec) * time.Second)
+		if sec == 0 {
+			add(&events.Input{Type: events.TypeHeartbeat, Device: "quiet", At: now})
+		}
+		if sec%30 == 0 { // steady, with up to 4 s of jitter
+			add(&events.Input{Type: events.TypeHeartbeat, Device: "steady", At: now.Add(time.Duration(sec%5) * 900 * time.Millisecond)})
+		}
+		if sec == 500 {
+			add(&events.Input{Type: events.TypeHeartbeat, Device: "quiet", At: now})
+		}
+		add(&events.Input{Type: events.TypeTick, At: now})
+	}
+	_, probes := processAll(t, s, log)
+	var got []string
+	for _, p := range probes {
+		got = append(got, fmt.Sprintf("%s#%d@%s", p.Device, p.Attempt, p.DueAt.Sub(t0)))
+	}
+	// 35, +30 = 65, +60 = 125, +120 = 245, +120 (cap) = 365, 485; heartbeat at 500; then 535, 565.
+	want := []string{"quiet#1@35s", "quiet#2@1m5s", "quiet#3@2m5s", "quiet#4@4m5s", "quiet#5@6m5s", "quiet#6@8m5s", "quiet#1@8m55s", "quiet#2@9m25s"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("probes\n got %v\nwant %v", got, want)
 	}
 }

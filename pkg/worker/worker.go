@@ -50,6 +50,9 @@ type Config struct {
 	// Thresholds are the state machine's timing rules (default: design.md's
 	// 40s / 300s / 30s for every group).
 	Thresholds Thresholds
+	// Probing schedules probe requests for silent devices (defaults: first
+	// at last heartbeat + 35s, backing off up to 5 min; After < 0 disables).
+	Probing Probing
 	// InstanceID names this worker in leases and logs. Default: host-pid-random.
 	InstanceID string
 	// Partitions lists the partitions this instance may own; nil means all.
@@ -228,7 +231,7 @@ func (w *Worker) runOwned(ctx context.Context, p int, l *lease) {
 // runPartition restores partition p, then applies its log until ctx ends.
 func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) error {
 	b := w.cfg.Bus
-	st := newPartition(p, b.Partitions(), w.cfg.Thresholds)
+	st := newPartition(p, b.Partitions(), w.cfg.Thresholds, w.cfg.Probing)
 	snapName := "partition-" + strconv.Itoa(p)
 	if data, err := b.Snapshots.GetBytes(ctx, snapName); err == nil {
 		sn, err := decodeSnapshot(data)
@@ -237,7 +240,7 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 		}
 		if err != nil {
 			log.Warn("ignoring unusable snapshot; replaying the log from the start", slog.Any("err", err))
-			st = newPartition(p, b.Partitions(), w.cfg.Thresholds)
+			st = newPartition(p, b.Partitions(), w.cfg.Thresholds, w.cfg.Probing)
 		}
 	} else if !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return fmt.Errorf("worker: load snapshot: %w", err)
@@ -274,6 +277,7 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 	lastSnap, sinceSnap := time.Now(), 0
 	lastGauge := time.Time{}
 	var trs []events.StatusChanged
+	var probes []events.ProbeRequest
 	partLabel := strconv.Itoa(p)
 	for {
 		msg, err := it.Next()
@@ -298,7 +302,7 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 			continue
 		}
 		var res applyResult
-		trs, res, err = st.apply(seq, in, trs[:0])
+		trs, probes, res, err = st.applyAll(seq, in, trs[:0], probes[:0])
 		if err != nil {
 			return fmt.Errorf("worker: apply seq %d: %w", seq, err)
 		}
@@ -311,6 +315,11 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 		}
 		for i := range trs {
 			if err := out.publish(ctx, &trs[i]); err != nil {
+				return err
+			}
+		}
+		if len(probes) > 0 {
+			if err := out.publishProbes(ctx, probes); err != nil {
 				return err
 			}
 		}
@@ -421,6 +430,49 @@ func (o *publisher) publish(ctx context.Context, sc *events.StatusChanged) error
 			return ctx.Err()
 		}
 		o.log.Warn("publishing transition failed; retrying", slog.String("device", sc.Device), slog.Any("err", err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// publishProbes publishes probe requests (asynchronously, then waits for
+// every ack), retrying until ctx ends. Their Nats-Msg-Id is derived from the
+// cause, so a replay within the duplicate window does not repeat them; the
+// probe stream keeps one pending request per device.
+func (o *publisher) publishProbes(ctx context.Context, probes []events.ProbeRequest) error {
+	backoff := 50 * time.Millisecond
+	for {
+		futures := make([]jetstream.PubAckFuture, 0, len(probes))
+		var err error
+		for i := range probes {
+			var data []byte
+			if data, err = events.EncodeProbeRequest(&probes[i]); err != nil {
+				return fmt.Errorf("worker: encode probe request: %w", err)
+			}
+			var f jetstream.PubAckFuture
+			if f, err = o.js.PublishAsync(events.ProbeSubject(probes[i].Device, o.partitions), data, jetstream.WithMsgID(probes[i].ID)); err != nil {
+				break
+			}
+			futures = append(futures, f)
+		}
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case e := <-f.Err():
+				err = e
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if err == nil {
+			o.m.probes.Add(float64(len(probes)))
+			return nil
+		}
+		o.log.Warn("publishing probe requests failed; retrying", slog.Int("count", len(probes)), slog.Any("err", err))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
