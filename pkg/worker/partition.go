@@ -88,12 +88,12 @@ type partition struct {
 	probing       Probing
 	m             *statemachine.Machine
 
-	index map[string]int32
-	ids   []string // "" marks a free slot
-	devs  []statemachine.Device
+	index  map[string]int32
+	ids    []string // "" marks a free slot
+	devs   []statemachine.Device
 	sched  []int64 // time of the device's heap entry, 0 = none
 	probes []probeState
-	free  []int32
+	free   []int32
 
 	groups   []string
 	groupTh  []statemachine.Thresholds
