@@ -103,6 +103,10 @@ type Device struct {
 	// DecommissionEventID is the id of the device_decommissioned event; a
 	// repeated decommission re-publishes it (deduplicated).
 	DecommissionEventID string `json:"decommission_event_id,omitempty"`
+	// ProbeURL is where the ping service probes the device ("" = not
+	// probed): set at registration, by PATCH or in a heartbeat, checked by
+	// the bridge against the probe policy (see probe.go).
+	ProbeURL string `json:"probe_url,omitempty"`
 
 	// Revision is the KV revision the device was read at (not stored).
 	Revision uint64 `json:"-"`
@@ -343,7 +347,7 @@ func (r *Registry) update(ctx context.Context, key string, d *Device) error {
 //
 // Errors: *[InvalidIDError], [ErrInvalidGroup], [ErrInvalidGateway],
 // [ErrExists], [ErrUnavailable].
-func (r *Registry) Register(ctx context.Context, id, group, gateway string) (string, error) {
+func (r *Registry) Register(ctx context.Context, id, group, gateway string, opts ...RegisterOption) (string, error) {
 	if err := validateID(id); err != nil {
 		return "", err
 	}
@@ -368,6 +372,9 @@ func (r *Registry) Register(ctx context.Context, id, group, gateway string) (str
 	now := r.cfg.Clock.Now().UTC()
 	d := Device{ID: id, Group: group, Gateway: gateway, TokenHash: HashToken(token),
 		RegisteredAt: now, RegisteredEventID: newEventID("reg")}
+	for _, o := range opts {
+		o(&d)
+	}
 	v, err := json.Marshal(&d)
 	if err != nil {
 		return "", fmt.Errorf("registry: encode: %w", err)
@@ -579,13 +586,15 @@ type Entry struct {
 	RemoteControlEnabled bool
 	PendingReconnect     bool
 	Decommissioned       bool
+	// ProbeURL is Device.ProbeURL.
+	ProbeURL string
 	// Revision is the KV revision the entry was read at.
 	Revision uint64
 }
 
 func entryOf(d *Device) (Entry, error) {
 	e := Entry{Group: d.Group, RemoteControlEnabled: d.RemoteControlEnabled,
-		PendingReconnect: d.PendingReconnect, Decommissioned: d.Decommissioned, Revision: d.Revision}
+		PendingReconnect: d.PendingReconnect, Decommissioned: d.Decommissioned, ProbeURL: d.ProbeURL, Revision: d.Revision}
 	h, err := hex.DecodeString(d.TokenHash)
 	if err != nil || len(h) != sha256.Size {
 		return Entry{}, fmt.Errorf("registry: device %q has a malformed token hash", d.ID)
