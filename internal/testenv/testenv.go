@@ -21,9 +21,12 @@ import (
 	"github.com/devstatus/devstatus/pkg/bus"
 )
 
-// Logger returns a slog.Logger that writes to t.Log.
-func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+// Logger returns a slog.Logger that writes to t.Log, at debug level.
+func Logger(t testing.TB) *slog.Logger { return LoggerAt(t, slog.LevelDebug) }
+
+// LoggerAt returns a slog.Logger that writes records at or above level to t.Log.
+func LoggerAt(t testing.TB, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: level}))
 }
 
 type tWriter struct{ t testing.TB }
