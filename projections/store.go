@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -103,11 +105,33 @@ type ListFilter struct {
 	// StaleFor > 0 keeps devices silent for longer than StaleFor at List's
 	// now: last heartbeat before now−StaleFor, or no heartbeat ever.
 	StaleFor time.Duration
+	// IDPrefix keeps devices whose id starts with these bytes (case
+	// sensitive; served by the primary key's byte order).
+	IDPrefix string
+	// Sort is one of [SortKeys] ("" means SortID): the key, ascending, or
+	// with a leading "-", descending. Ties are broken by id.
+	Sort string
 	// Limit is the page size: 0 means DefaultLimit; at most MaxLimit.
 	Limit int
 	// Cursor continues after the page that returned it ("" = first page).
 	Cursor string
 }
+
+// Sort keys of [ListFilter.Sort].
+const (
+	// SortID orders by id, bytewise (the default). The id never changes, so a
+	// walk over pages sees every device exactly once, however statuses change.
+	SortID = "id"
+	// SortStatusSince orders by status_since (oldest first: the devices longest
+	// in their status).
+	SortStatusSince = "status_since"
+	// SortLastHeartbeat orders by last_heartbeat_at, never first (devices that
+	// never sent one count as the oldest).
+	SortLastHeartbeat = "last_heartbeat_at"
+)
+
+// SortKeys lists the accepted values of [ListFilter.Sort].
+var SortKeys = []string{SortID, "-" + SortID, SortStatusSince, "-" + SortStatusSince, SortLastHeartbeat, "-" + SortLastHeartbeat}
 
 // Page is one page of [Store.List].
 type Page struct {
@@ -117,12 +141,20 @@ type Page struct {
 	NextCursor string
 }
 
-// List returns devices matching f in id order, at most f.Limit, skipping
-// decommissioned ones. Pagination is by keyset on the id, so a device
-// appears on exactly one page of a walk even while statuses change (a device
-// whose status or heartbeat changes during the walk may of course start or
-// stop matching a status or stale filter). now anchors StaleFor. Errors wrap
-// [ErrInvalidFilter] or [ErrInvalidCursor], or are the database's.
+// List returns devices matching f in f.Sort order, at most f.Limit,
+// skipping decommissioned ones. Pagination is by keyset on (sort key, id),
+// never by offset:
+//   - sorted by id (the default, either direction), a device appears on
+//     exactly one page of a walk even while statuses change (a device whose
+//     status or heartbeat changes during the walk may of course start or stop
+//     matching a status or stale filter);
+//   - sorted by status_since or last_heartbeat_at, a device whose key changes
+//     during the walk moves: ascending it moves towards the end (it may be
+//     seen twice, never skipped), descending towards the start (it may be
+//     skipped). Devices whose key does not change are seen exactly once.
+//
+// now anchors StaleFor. Errors wrap [ErrInvalidFilter] or [ErrInvalidCursor],
+// or are the database's.
 func (s *Store) List(ctx context.Context, f ListFilter, now time.Time) (*Page, error) {
 	limit, err := checkLimit(f.Limit)
 	if err != nil {
@@ -134,15 +166,19 @@ func (s *Store) List(ctx context.Context, f ListFilter, now time.Time) (*Page, e
 	if f.StaleFor < 0 {
 		return nil, fmt.Errorf("%w: stale_for must not be negative", ErrInvalidFilter)
 	}
-	after := ""
+	sortKey, desc, err := parseSort(f.Sort)
+	if err != nil {
+		return nil, err
+	}
+	var cur *cursor
 	if f.Cursor != "" {
-		if after, err = DecodeCursor(f.Cursor); err != nil {
+		if cur, err = decodeCursor(f.Cursor, sortKey, desc); err != nil {
 			return nil, err
 		}
 	}
 	var (
-		where = []string{"decommissioned_at IS NULL", "id > $1"}
-		args  = []any{after}
+		where = []string{"decommissioned_at IS NULL"}
+		args  []any
 	)
 	arg := func(v any) string {
 		args = append(args, v)
@@ -157,8 +193,46 @@ func (s *Store) List(ctx context.Context, f ListFilter, now time.Time) (*Page, e
 	if f.StaleFor > 0 {
 		where = append(where, "(last_heartbeat_at IS NULL OR last_heartbeat_at < "+arg(now.Add(-f.StaleFor).UTC())+")")
 	}
+	if f.IDPrefix != "" {
+		// LIKE with a constant prefix becomes a range scan of the C-collated
+		// primary key; the explicit lower bound helps generic plans too.
+		where = append(where, "id >= "+arg(f.IDPrefix), "id LIKE "+arg(likePrefix(f.IDPrefix))+` ESCAPE '\'`)
+	}
+	dir, cmp := "ASC", ">"
+	if desc {
+		dir, cmp = "DESC", "<"
+	}
+	var order string
+	if sortKey == SortID {
+		order = "id " + dir
+		if cur != nil {
+			where = append(where, "id "+cmp+" "+arg(cur.ID))
+		}
+	} else {
+		k := sortKey // a column name from the fixed set of parseSort
+		if desc {
+			order = k + " DESC NULLS LAST, id DESC"
+		} else {
+			order = k + " ASC NULLS FIRST, id ASC"
+		}
+		if cur != nil {
+			switch {
+			case cur.T == nil && !desc:
+				where = append(where, "(("+k+" IS NULL AND id > "+arg(cur.ID)+") OR "+k+" IS NOT NULL)")
+			case cur.T == nil && desc:
+				where = append(where, "("+k+" IS NULL AND id < "+arg(cur.ID)+")")
+			default:
+				t, id := arg(cur.T.UTC()), arg(cur.ID)
+				cond := "(" + k + " " + cmp + " " + t + " OR (" + k + " = " + t + " AND id " + cmp + " " + id + ")"
+				if desc {
+					cond += " OR " + k + " IS NULL"
+				}
+				where = append(where, cond+")")
+			}
+		}
+	}
 	q := `SELECT ` + deviceColumns + ` FROM devices WHERE ` + strings.Join(where, " AND ") +
-		` ORDER BY id LIMIT ` + arg(limit+1)
+		` ORDER BY ` + order + ` LIMIT ` + arg(limit+1)
 	devs := []Device{}
 	if err := s.db.SelectContext(ctx, &devs, q, args...); err != nil {
 		return nil, fmt.Errorf("projections: list: %w", err)
@@ -166,12 +240,100 @@ func (s *Store) List(ctx context.Context, f ListFilter, now time.Time) (*Page, e
 	p := &Page{Devices: devs}
 	if len(devs) > limit {
 		p.Devices = devs[:limit]
-		p.NextCursor = EncodeCursor(devs[limit-1].ID)
+		p.NextCursor = encodeCursor(&devs[limit-1], sortKey, desc)
 	}
 	for i := range p.Devices {
 		p.Devices[i].utc()
 	}
 	return p, nil
+}
+
+// likePrefix escapes a LIKE pattern that matches strings starting with p.
+func likePrefix(p string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(p) + "%"
+}
+
+func parseSort(s string) (key string, desc bool, err error) {
+	if s == "" {
+		return SortID, false, nil
+	}
+	if !slices.Contains(SortKeys, s) {
+		return "", false, fmt.Errorf("%w: sort must be one of %s; got %q", ErrInvalidFilter, strings.Join(SortKeys, ", "), s)
+	}
+	if s[0] == '-' {
+		return s[1:], true, nil
+	}
+	return s, false, nil
+}
+
+// cursor is the position after which a sorted page continues.
+type cursor struct {
+	// S is the sort the cursor was made for ("-status_since" …).
+	S  string     `json:"s"`
+	T  *time.Time `json:"t"`
+	ID string     `json:"id"`
+}
+
+// keyedCursorPrefix marks cursors of sorts other than ascending id (a
+// base64url id cursor never contains ".").
+const keyedCursorPrefix = "k."
+
+func encodeCursor(d *Device, key string, desc bool) string {
+	if key == SortID && !desc {
+		return EncodeCursor(d.ID)
+	}
+	c := cursor{S: key, ID: d.ID}
+	if desc {
+		c.S = "-" + key
+	}
+	switch key {
+	case SortStatusSince:
+		t := d.StatusSince.UTC()
+		c.T = &t
+	case SortLastHeartbeat:
+		if d.LastHeartbeatAt != nil {
+			t := d.LastHeartbeatAt.UTC()
+			c.T = &t
+		}
+	}
+	b, _ := json.Marshal(c)
+	return keyedCursorPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeCursor(s, key string, desc bool) (*cursor, error) {
+	want := key
+	if desc {
+		want = "-" + key
+	}
+	if !strings.HasPrefix(s, keyedCursorPrefix) {
+		if key != SortID || desc {
+			return nil, fmt.Errorf("%w: the cursor belongs to sort=id, not sort=%s", ErrInvalidCursor, want)
+		}
+		id, err := DecodeCursor(s)
+		if err != nil {
+			return nil, err
+		}
+		return &cursor{S: SortID, ID: id}, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s[len(keyedCursorPrefix):])
+	if err != nil {
+		return nil, fmt.Errorf("%w: not base64url", ErrInvalidCursor)
+	}
+	var c cursor
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("%w: malformed", ErrInvalidCursor)
+	}
+	if c.S != want {
+		return nil, fmt.Errorf("%w: the cursor belongs to sort=%s, not sort=%s", ErrInvalidCursor, c.S, want)
+	}
+	if err := events.ValidateDeviceID(c.ID); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidCursor, err)
+	}
+	if c.T == nil && key == SortStatusSince {
+		return nil, fmt.Errorf("%w: malformed", ErrInvalidCursor)
+	}
+	return &c, nil
 }
 
 // EncodeCursor returns the opaque cursor that continues after id: unpadded

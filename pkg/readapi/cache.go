@@ -11,10 +11,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/projections"
 )
+
+var _ Reader = (*Cache)(nil)
 
 // CacheConfig configures a [Cache].
 type CacheConfig struct {
@@ -30,6 +33,9 @@ type CacheConfig struct {
 	// MaxEntries bounds the cache (least recently used entries go first).
 	// Default 100000 (about 50 MB at most).
 	MaxEntries int
+	// MaxTombstones bounds the remembered transitions of devices that are
+	// not cached (see [Cache.Invalidate]); the oldest go first. Default 65536.
+	MaxTombstones int
 	// Logger receives invalidation-feed errors. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -46,6 +52,12 @@ type CacheConfig struct {
 // the projection has it, while an unchanged device is read from memory for
 // up to TTL.
 //
+// A transition only ever touches its own device: the cached entry of that
+// device is dropped; a device that is not cached gets a tombstone (its
+// sequence) in a separate bounded FIFO, so that a read racing the
+// projection is not cached below it. Tombstones never take the place of
+// cached entries: a transition of device B never evicts device A.
+//
 // Safe for concurrent use. It implements Reader.
 type Cache struct {
 	cfg CacheConfig
@@ -54,13 +66,31 @@ type Cache struct {
 	mu      sync.Mutex
 	entries map[string]*list.Element // of *cacheEntry
 	lru     *list.List               // front: most recent
-	hits    uint64
-	misses  uint64
+	tombs   map[string]int64         // device → highest transition sequence seen, for devices not cached
+	tombQ   []tomb                   // FIFO of tombstones (ring, oldest at tombHead)
+	tombHd  int
+	stats   CacheStats
+}
+
+type tomb struct {
+	id  string
+	seq int64
+}
+
+// CacheStats are the cache's counters since it was made.
+type CacheStats struct {
+	// Hits and Misses count Device reads answered from memory and from the store.
+	Hits, Misses uint64
+	// Invalidations counts cached entries dropped by their device's transition.
+	Invalidations uint64
+	// Evictions counts entries dropped to stay within MaxEntries.
+	Evictions uint64
+	// Entries is the number of cached devices now.
+	Entries int
 }
 
 type cacheEntry struct {
-	id string
-	// dev is nil for a tombstone (an invalidation of a device not cached).
+	id      string
 	dev     *projections.Device
 	expires time.Time
 	// minSeq is the highest transition sequence seen for the device.
@@ -75,17 +105,20 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 	if cfg.MaxEntries == 0 {
 		cfg.MaxEntries = 100000
 	}
+	if cfg.MaxTombstones == 0 {
+		cfg.MaxTombstones = 65536
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	switch {
 	case cfg.Store == nil:
 		return nil, fmt.Errorf("%w: cache: Store is required", ErrInvalidConfig)
-	case cfg.TTL < 0 || cfg.MaxEntries < 1:
-		return nil, fmt.Errorf("%w: cache: TTL must be >= 0 and MaxEntries >= 1", ErrInvalidConfig)
+	case cfg.TTL < 0 || cfg.MaxEntries < 1 || cfg.MaxTombstones < 1:
+		return nil, fmt.Errorf("%w: cache: TTL must be >= 0, MaxEntries and MaxTombstones >= 1", ErrInvalidConfig)
 	}
 	return &Cache{cfg: cfg, log: cfg.Logger.With(slog.String("component", "readapi-cache")),
-		entries: map[string]*list.Element{}, lru: list.New()}, nil
+		entries: map[string]*list.Element{}, lru: list.New(), tombs: map[string]int64{}}, nil
 }
 
 // Device returns the cached device when it is fresh and not older than the
@@ -96,15 +129,15 @@ func (c *Cache) Device(ctx context.Context, id string) (*projections.Device, err
 	c.mu.Lock()
 	if el, ok := c.entries[id]; ok {
 		e := el.Value.(*cacheEntry)
-		if e.dev != nil && now.Before(e.expires) && e.dev.StatusSeq >= e.minSeq {
+		if now.Before(e.expires) && e.dev.StatusSeq >= e.minSeq {
 			c.lru.MoveToFront(el)
-			c.hits++
+			c.stats.Hits++
 			d := *e.dev
 			c.mu.Unlock()
 			return &d, nil
 		}
 	}
-	c.misses++
+	c.stats.Misses++
 	c.mu.Unlock()
 
 	d, err := c.cfg.Store.Device(ctx, id)
@@ -113,50 +146,81 @@ func (c *Cache) Device(ctx context.Context, id string) (*projections.Device, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := c.entry(id)
-	if d.StatusSeq >= e.minSeq { // else the projection lags a transition already seen: do not keep it
-		cp := *d
+	minSeq := c.tombs[id]
+	if el, ok := c.entries[id]; ok {
+		minSeq = max(minSeq, el.Value.(*cacheEntry).minSeq)
+	}
+	if d.StatusSeq < minSeq {
+		// The projection lags a transition already seen: do not keep it.
+		return d, nil
+	}
+	cp := *d
+	if el, ok := c.entries[id]; ok {
+		e := el.Value.(*cacheEntry)
 		e.dev, e.expires = &cp, now.Add(c.cfg.TTL)
+		c.lru.MoveToFront(el)
+		return d, nil
+	}
+	delete(c.tombs, id) // the entry carries the sequence from now on
+	c.entries[id] = c.lru.PushFront(&cacheEntry{id: id, dev: &cp, expires: now.Add(c.cfg.TTL), minSeq: minSeq})
+	for c.lru.Len() > c.cfg.MaxEntries {
+		old := c.lru.Back()
+		c.lru.Remove(old)
+		e := old.Value.(*cacheEntry)
+		delete(c.entries, e.id)
+		c.addTomb(e.id, e.minSeq)
+		c.stats.Evictions++
 	}
 	return d, nil
 }
 
-// entry returns id's entry, creating it (and evicting the least recently
-// used beyond MaxEntries). c.mu must be held.
-func (c *Cache) entry(id string) *cacheEntry {
-	if el, ok := c.entries[id]; ok {
-		c.lru.MoveToFront(el)
-		return el.Value.(*cacheEntry)
+// addTomb remembers seq for a device that is not cached. c.mu must be held.
+func (c *Cache) addTomb(id string, seq int64) {
+	if seq == 0 {
+		return
 	}
-	e := &cacheEntry{id: id}
-	c.entries[id] = c.lru.PushFront(e)
-	for c.lru.Len() > c.cfg.MaxEntries {
-		old := c.lru.Back()
-		c.lru.Remove(old)
-		delete(c.entries, old.Value.(*cacheEntry).id)
+	if old, ok := c.tombs[id]; ok && old >= seq {
+		return
 	}
-	return e
+	c.tombs[id] = seq
+	t := tomb{id: id, seq: seq}
+	if len(c.tombQ) < c.cfg.MaxTombstones {
+		c.tombQ = append(c.tombQ, t)
+		return
+	}
+	// Full: overwrite the oldest, forgetting it unless a newer one replaced it.
+	old := c.tombQ[c.tombHd]
+	if c.tombs[old.id] == old.seq && old.id != id {
+		delete(c.tombs, old.id)
+	}
+	c.tombQ[c.tombHd] = t
+	c.tombHd = (c.tombHd + 1) % len(c.tombQ)
 }
 
 // Invalidate records that device id changed status at transitions-stream
-// sequence seq: its entry is dropped and no read older than seq is cached.
+// sequence seq: its entry is dropped (only its own), and no read of it
+// older than seq is cached from now on.
 func (c *Cache) Invalidate(id string, seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := c.entry(id)
-	if int64(seq) > e.minSeq {
-		e.minSeq = int64(seq)
+	if el, ok := c.entries[id]; ok {
+		e := el.Value.(*cacheEntry)
+		c.lru.Remove(el)
+		delete(c.entries, id)
+		c.stats.Invalidations++
+		c.addTomb(id, max(e.minSeq, int64(seq)))
+		return
 	}
-	if e.dev != nil && e.dev.StatusSeq < e.minSeq {
-		e.dev = nil
-	}
+	c.addTomb(id, int64(seq))
 }
 
-// Stats returns the hit and miss counts.
-func (c *Cache) Stats() (hits, misses uint64) {
+// Stats returns the counters.
+func (c *Cache) Stats() CacheStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.hits, c.misses
+	st := c.stats
+	st.Entries = c.lru.Len()
+	return st
 }
 
 // List reads the store.
@@ -172,6 +236,42 @@ func (c *Cache) Transitions(ctx context.Context, id string, from, to time.Time, 
 // Summary reads the store.
 func (c *Cache) Summary(ctx context.Context) (*projections.Summary, error) {
 	return c.cfg.Store.Summary(ctx)
+}
+
+// StatusAt reads the store (history is not cached).
+func (c *Cache) StatusAt(ctx context.Context, id string, at time.Time) (*projections.PastStatus, error) {
+	return c.cfg.Store.StatusAt(ctx, id, at)
+}
+
+// Availability reads the store (history is not cached).
+func (c *Cache) Availability(ctx context.Context, id string, from, to time.Time) (*projections.Availability, error) {
+	return c.cfg.Store.Availability(ctx, id, from, to)
+}
+
+// Collectors returns the cache's Prometheus collectors:
+//
+//	devstatus_readapi_cache_hits_total          counter  device reads answered from memory
+//	devstatus_readapi_cache_misses_total        counter  device reads that went to Postgres
+//	devstatus_readapi_cache_invalidations_total counter  cached devices dropped by their own transition
+//	devstatus_readapi_cache_evictions_total     counter  cached devices dropped to stay within MaxEntries
+//	devstatus_readapi_cache_entries             gauge    devices cached now
+func (c *Cache) Collectors() []prometheus.Collector {
+	counter := func(name, help string, f func(CacheStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f(c.Stats())) })
+	}
+	return []prometheus.Collector{
+		counter("devstatus_readapi_cache_hits_total", "Device reads of the read API answered from its per-device cache.",
+			func(s CacheStats) uint64 { return s.Hits }),
+		counter("devstatus_readapi_cache_misses_total", "Device reads of the read API that went to Postgres.",
+			func(s CacheStats) uint64 { return s.Misses }),
+		counter("devstatus_readapi_cache_invalidations_total", "Cached devices dropped because that device had a transition.",
+			func(s CacheStats) uint64 { return s.Invalidations }),
+		counter("devstatus_readapi_cache_evictions_total", "Cached devices dropped to stay within the cache's size.",
+			func(s CacheStats) uint64 { return s.Evictions }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "devstatus_readapi_cache_entries", Help: "Devices in the read API's cache."},
+			func() float64 { return float64(c.Stats().Entries) }),
+	}
 }
 
 // Run invalidates entries from the transitions stream (new transitions only;

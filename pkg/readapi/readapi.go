@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/pkg/clock"
 	"github.com/devstatus/devstatus/pkg/httpx"
@@ -29,6 +31,9 @@ const (
 	PatternDevice      = "GET /v1/devices/{id}"
 	PatternTransitions = "GET /v1/devices/{id}/transitions"
 	PatternSummary     = "GET /v1/summary"
+	PatternStatusAt    = "GET /v1/devices/{id}/status"
+	PatternAvail       = "GET /v1/devices/{id}/availability"
+	PatternStream      = "GET /v1/stream"
 )
 
 // ErrInvalidConfig wraps every configuration error of [New].
@@ -42,6 +47,8 @@ type Reader interface {
 	List(ctx context.Context, f projections.ListFilter, now time.Time) (*projections.Page, error)
 	Transitions(ctx context.Context, id string, from, to time.Time, limit int) ([]projections.Transition, error)
 	Summary(ctx context.Context) (*projections.Summary, error)
+	StatusAt(ctx context.Context, id string, at time.Time) (*projections.PastStatus, error)
+	Availability(ctx context.Context, id string, from, to time.Time) (*projections.Availability, error)
 }
 
 // Config configures an [API].
@@ -56,12 +63,18 @@ type Config struct {
 	Clock clock.Clock
 	// Timeout bounds each query. Default 10s.
 	Timeout time.Duration
+	// Stream configures GET /v1/stream (server-sent events).
+	Stream StreamConfig
+	// Registerer receives the API's metrics (see metrics.go); nil: none.
+	Registerer prometheus.Registerer
 }
 
 // API is the read API's handlers.
 type API struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	m       *apiMetrics
+	streams *streams
 }
 
 // New checks cfg and returns an API. Errors wrap [ErrInvalidConfig].
@@ -85,22 +98,37 @@ func New(cfg Config) (*API, error) {
 	if cfg.Timeout < 0 {
 		errs = append(errs, errors.New("timeout must not be negative"))
 	}
+	if err := cfg.Stream.setDefaults(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	return &API{cfg: cfg, log: cfg.Logger.With(slog.String("component", "readapi"))}, nil
+	m, err := newAPIMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("readapi: metrics: %w", err)
+	}
+	a := &API{cfg: cfg, log: cfg.Logger.With(slog.String("component", "readapi")), m: m}
+	a.streams = newStreams(a)
+	return a, nil
 }
 
-// Routes registers PatternList, PatternDevice, PatternTransitions and
-// PatternSummary on mux, each behind the admin bearer token. The server must
-// wrap mux with httpx.DeviceIDs (ids with "/", ".", ".." …); without it ids
-// still work when they need no path cleaning.
+// Routes registers every Pattern* on mux, each behind the admin token: the
+// bearer header, and for PatternStream also the access_token query parameter
+// or the devstatus_token cookie (see [API.handleStream]). The server must wrap
+// mux with httpx.DeviceIDs (ids with "/", ".", ".." …); without it ids still
+// work when they need no path cleaning.
 func (a *API) Routes(mux *http.ServeMux) {
-	auth := func(h http.HandlerFunc) http.Handler { return httpx.RequireBearer(a.cfg.AdminToken, h) }
-	mux.Handle(PatternList, auth(a.handleList))
-	mux.Handle(PatternDevice, auth(a.handleDevice))
-	mux.Handle(PatternTransitions, auth(a.handleTransitions))
-	mux.Handle(PatternSummary, auth(a.handleSummary))
+	auth := func(route string, h http.HandlerFunc) http.Handler {
+		return a.m.instrument(route, httpx.RequireBearer(a.cfg.AdminToken, h))
+	}
+	mux.Handle(PatternList, auth("list", a.handleList))
+	mux.Handle(PatternDevice, auth("device", a.handleDevice))
+	mux.Handle(PatternTransitions, auth("transitions", a.handleTransitions))
+	mux.Handle(PatternSummary, auth("summary", a.handleSummary))
+	mux.Handle(PatternStatusAt, auth("status_at", a.handleStatusAt))
+	mux.Handle(PatternAvail, auth("availability", a.handleAvailability))
+	mux.Handle(PatternStream, a.requireStreamToken(http.HandlerFunc(a.handleStream)))
 }
 
 // Handler returns a handler serving only the read API (its own mux wrapped
@@ -129,6 +157,8 @@ type DeviceJSON struct {
 	ReasonCode           string          `json:"reason_code"`
 	Gateway              *string         `json:"gateway"`
 	RegisteredAt         *time.Time      `json:"registered_at"`
+	// MetricsAt is when the latest metrics were received (null: none yet).
+	MetricsAt *time.Time `json:"metrics_at"`
 }
 
 func deviceJSON(d *projections.Device) DeviceJSON {
@@ -140,7 +170,7 @@ func deviceJSON(d *projections.Device) DeviceJSON {
 		ID: d.ID, Group: d.Group, Status: d.Status, StatusSince: d.StatusSince.UTC(), Reason: d.Reason,
 		LastHeartbeatAt: utc(d.LastHeartbeatAt), LastPingAt: utc(d.LastPingAt), LastPingOK: d.LastPingOK,
 		Metrics: metrics, RemoteControlEnabled: d.RemoteControlEnabled,
-		ReasonCode: d.ReasonCode, Gateway: d.Gateway, RegisteredAt: utc(d.RegisteredAt),
+		ReasonCode: d.ReasonCode, Gateway: d.Gateway, RegisteredAt: utc(d.RegisteredAt), MetricsAt: utc(d.MetricsAt),
 	}
 }
 
@@ -244,6 +274,14 @@ func (a *API) handleList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f.Limit, err = parseLimit(q); err != nil {
+		badRequest(w, err)
+		return
+	}
+	if f.IDPrefix, err = parsePrefix(q); err != nil {
+		badRequest(w, err)
+		return
+	}
+	if f.Sort, err = single(q, "sort"); err != nil {
 		badRequest(w, err)
 		return
 	}
@@ -393,6 +431,19 @@ func parseStaleFor(q url.Values) (time.Duration, error) {
 		return 0, fmt.Errorf("stale_for must be positive; got %q", v)
 	}
 	return d, nil
+}
+
+// parsePrefix reads the id prefix filter (prefix=): valid UTF-8 without
+// control characters, at most 128 bytes.
+func parsePrefix(q url.Values) (string, error) {
+	v, err := single(q, "prefix")
+	if err != nil || v == "" {
+		return "", err
+	}
+	if err := events.ValidateDeviceID(v); err != nil {
+		return "", fmt.Errorf("prefix: %w", err)
+	}
+	return v, nil
 }
 
 func parseLimit(q url.Values) (int, error) {

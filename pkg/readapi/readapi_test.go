@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,6 +343,20 @@ func TestErrors(t *testing.T) {
 		{"bad from", "/v1/devices/c1/transitions?from=yesterday", "", 400, httpx.CodeBadRequest},
 		{"from after to", "/v1/devices/c1/transitions?from=2026-01-02T04:00:00Z&to=2026-01-02T03:00:00Z", "", 400, httpx.CodeBadRequest},
 		{"transitions limit", "/v1/devices/c1/transitions?limit=100000", "", 400, httpx.CodeBadRequest},
+		{"bad sort", "/v1/devices?sort=name", "", 400, httpx.CodeBadRequest},
+		{"id cursor with another sort", "/v1/devices?sort=-id&cursor=YzE", "", 400, httpx.CodeBadRequest},
+		{"sorted cursor with id sort", "/v1/devices?cursor=k.eyJzIjoiLWlkIiwidCI6bnVsbCwiaWQiOiJjMSJ9", "", 400, httpx.CodeBadRequest},
+		{"NUL prefix", "/v1/devices?prefix=a%00", "", 400, httpx.CodeBadRequest},
+		{"long prefix", "/v1/devices?prefix=" + strings.Repeat("x", 129), "", 400, httpx.CodeBadRequest},
+		{"no token status at", "/v1/devices/c1/status", "", 401, httpx.CodeUnauthorized},
+		{"no token availability", "/v1/devices/c1/availability", "", 401, httpx.CodeUnauthorized},
+		{"status at unknown", "/v1/devices/nope/status", "", 404, httpx.CodeNotFound},
+		{"status at decommissioned", "/v1/devices/gone/status?at=2026-01-02T03:00:00Z", "", 404, httpx.CodeNotFound},
+		{"availability of unknown", "/v1/devices/nope/availability", "", 404, httpx.CodeNotFound},
+		{"bad at", "/v1/devices/c1/status?at=noon", "", 400, httpx.CodeBadRequest},
+		{"availability from after to", "/v1/devices/c1/availability?from=2026-01-02T03:05:00Z&to=2026-01-02T03:04:00Z", "", 400, httpx.CodeBadRequest},
+		{"availability from after now", "/v1/devices/c1/availability?from=2026-01-02T04:00:00Z", "", 400, httpx.CodeBadRequest},
+		{"availability bad to", "/v1/devices/c1/availability?to=later", "", 400, httpx.CodeBadRequest},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -385,6 +400,21 @@ func TestListFilters(t *testing.T) {
 		{"status=registered&stale_for=10", []string{"r1"}},
 		{"group=odd", odd},
 		{"group=odd&status=disconnected", nil},
+		// id prefix: bytes, LIKE wildcards taken literally.
+		{"prefix=c", []string{"c1", "c2", "c3", "c4"}},
+		{"prefix=a", []string{"a b", "a%2Fb", "a//b", "a/b"}},
+		{"prefix=%25", []string{"%2F"}},
+		{"prefix=a_", nil},
+		{"prefix=a%25", []string{"a%2Fb"}},
+		{"prefix=%E6%9D%B1", []string{"東京/Gerät"}},
+		{"prefix=c&status=connected&group=lobby&stale_for=30", []string{"c3", "c4"}},
+		// sorting, ties by id.
+		{"group=lab&sort=-id", []string{"o2", "o1", "d1"}},
+		{"group=lab&sort=status_since", []string{"o1", "o2", "d1"}},
+		{"group=lab&sort=-status_since", []string{"d1", "o2", "o1"}},
+		{"group=lobby&sort=last_heartbeat_at", []string{"c4", "c3", "c2", "c1"}},
+		{"group=lobby&sort=-last_heartbeat_at", []string{"c1", "c2", "c3", "c4"}},
+		{"prefix=r&sort=-last_heartbeat_at", []string{"r1"}},
 	}
 	for _, c := range cases {
 		t.Run(c.query, func(t *testing.T) {
@@ -411,6 +441,43 @@ func TestListFilters(t *testing.T) {
 	sortBytes(want)
 	if !reflect.DeepEqual(all, want) {
 		t.Errorf("walk:\n got %q\nwant %q", all, want)
+	}
+	// Every sort, walked in pages of 3 (cursors across ties and the null
+	// heartbeat of r1), gives the order of one big page.
+	for _, sort := range projections.SortKeys {
+		var page ListJSON
+		if code, body := f.get(t, "/v1/devices?limit=1000&sort="+sort, &page); code != 200 {
+			t.Fatalf("%s: %d %s", sort, code, body)
+		}
+		var one []string
+		for _, d := range page.Devices {
+			one = append(one, d.ID)
+		}
+		if got := walk(t, f, "limit=3&sort="+sort); !reflect.DeepEqual(got, one) || len(one) != len(want) {
+			t.Errorf("sort=%s walk:\n got %q\nwant %q", sort, got, one)
+		}
+		key := func(d DeviceJSON) time.Time {
+			switch strings.TrimPrefix(sort, "-") {
+			case "status_since":
+				return d.StatusSince
+			case "last_heartbeat_at":
+				if d.LastHeartbeatAt == nil {
+					return time.Time{}
+				}
+				return *d.LastHeartbeatAt
+			}
+			return time.Time{}
+		}
+		for i := 1; i < len(page.Devices); i++ {
+			a, b := page.Devices[i-1], page.Devices[i]
+			less := key(a).Before(key(b)) || key(a).Equal(key(b)) && a.ID < b.ID
+			if strings.HasPrefix(sort, "-") {
+				less = key(a).After(key(b)) || key(a).Equal(key(b)) && a.ID > b.ID
+			}
+			if !less {
+				t.Errorf("sort=%s: %q before %q", sort, a.ID, b.ID)
+			}
+		}
 	}
 }
 
@@ -479,10 +546,17 @@ func TestPaginationUnderConcurrentUpdates(t *testing.T) {
 			published.Add(1)
 		}
 	})
+	rev := slices.Clone(ids)
+	slices.Reverse(rev)
 	for walkN := range 5 {
 		got := walk(t, f, "group=fleet&limit=7")
 		if !reflect.DeepEqual(got, ids) {
 			t.Errorf("walk %d: %d devices, want every one of %d exactly once", walkN, len(got), n)
+		}
+		// Descending by id: the same guarantee.
+		got = walk(t, f, "group=fleet&limit=7&sort=-id")
+		if !reflect.DeepEqual(got, rev) {
+			t.Errorf("walk %d (sort=-id): %d devices, want every one of %d exactly once", walkN, len(got), n)
 		}
 	}
 	cancel()
@@ -581,7 +655,7 @@ func TestRoutesCoexistWithBridgePatterns(t *testing.T) {
 	bridge := []string{
 		"POST /v1/devices/{id}/heartbeat", "POST /v1/devices/{id}/ping", "POST /v1/devices",
 		"PATCH /v1/devices/{id}", "DELETE /v1/devices/{id}", "POST /v1/devices/{id}/reconnect",
-		"POST /v1/gateways", "POST /v1/gateways/{id}/heartbeats", "GET /v1/stream", "GET /",
+		"POST /v1/gateways", "POST /v1/gateways/{id}/heartbeats", "GET /{$}", "GET /assets/",
 	}
 	for _, p := range bridge {
 		mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) { w.Header().Set("X-Route", p) })
@@ -621,6 +695,12 @@ func (nilReader) Transitions(context.Context, string, time.Time, time.Time, int)
 }
 func (nilReader) Summary(context.Context) (*projections.Summary, error) {
 	return &projections.Summary{}, nil
+}
+func (nilReader) StatusAt(context.Context, string, time.Time) (*projections.PastStatus, error) {
+	return nil, projections.ErrNotFound
+}
+func (nilReader) Availability(context.Context, string, time.Time, time.Time) (*projections.Availability, error) {
+	return nil, projections.ErrNotFound
 }
 
 func TestNewRefusesBadConfig(t *testing.T) {

@@ -1,26 +1,85 @@
 package service
 
 import (
+	"context"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/pkg/readapi"
 	"github.com/devstatus/devstatus/projections"
+	"github.com/devstatus/devstatus/web"
 )
 
-// startAPI registers the read API behind a per-device cache that the
-// device's own transitions invalidate.
+// startAPI registers the read API (behind a per-device cache that the
+// device's own transitions invalidate), the live stream GET /v1/stream, the
+// web dashboard at GET / and the read side's metrics: the cache's counters
+// and devstatus_devices{status}.
 func (s *Service) startAPI(db *sqlx.DB, mux *http.ServeMux) error {
-	cache, err := readapi.NewCache(readapi.CacheConfig{Store: projections.NewStore(db), JetStream: s.Bus.JS, Logger: s.log})
+	store := projections.NewStore(db)
+	cache, err := readapi.NewCache(readapi.CacheConfig{Store: store, JetStream: s.Bus.JS, Logger: s.log})
 	if err != nil {
 		return err
 	}
+	for _, c := range cache.Collectors() {
+		if err := s.reg.Register(c); err != nil {
+			return err
+		}
+	}
+	if err := s.reg.Register(newDevicesCollector(store, 5*time.Second)); err != nil {
+		return err
+	}
 	s.run(s.runCtx, RoleAPI, cache.Run)
-	api, err := readapi.New(readapi.Config{Store: cache, AdminToken: s.cfg.AdminToken, Logger: s.log, Clock: s.cfg.Clock})
+	api, err := readapi.New(readapi.Config{Store: cache, AdminToken: s.cfg.AdminToken, Logger: s.log, Clock: s.cfg.Clock,
+		Registerer: s.reg, Stream: readapi.StreamConfig{JetStream: s.Bus.JS}})
 	if err != nil {
 		return err
 	}
 	api.Routes(mux)
+	web.Routes(mux)
 	return nil
+}
+
+// devicesCollector exports devstatus_devices{status}: the fleet (not
+// decommissioned) by status, from the projection. A scrape reads Postgres at
+// most once per maxAge (one grouped count: cheap, but not free on a large
+// fleet); a failed read exports nothing rather than stale numbers.
+type devicesCollector struct {
+	store  *projections.Store
+	maxAge time.Duration
+	desc   *prometheus.Desc
+
+	mu     sync.Mutex
+	at     time.Time
+	counts projections.Counts
+}
+
+func newDevicesCollector(store *projections.Store, maxAge time.Duration) *devicesCollector {
+	return &devicesCollector{store: store, maxAge: maxAge, desc: prometheus.NewDesc("devstatus_devices",
+		"Devices by status, from the status projection (decommissioned excluded); refreshed at most every few seconds.",
+		[]string{"status"}, nil)}
+}
+
+func (c *devicesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *devicesCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.counts == nil || time.Since(c.at) >= c.maxAge {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		sum, err := c.store.Summary(ctx)
+		cancel()
+		if err != nil {
+			c.counts = nil
+			return
+		}
+		c.counts, c.at = sum.ByStatus, time.Now()
+	}
+	for _, st := range events.Statuses {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(c.counts[st]), string(st))
+	}
 }

@@ -1,0 +1,15 @@
+// Package web is the operator dashboard of devstatus: static HTML, CSS and
+// JavaScript embedded in the binary (no build step, nothing fetched from the
+// internet at run time) and served at GET / and GET /assets/.
+//
+// The page is a client of the read API and the bridge's admin endpoints
+// only: it pages through GET /v1/devices (never the whole fleet in the
+// DOM), follows GET /v1/stream (server-sent events) for live updates, and
+// draws a device's status timeline as SVG from its transition history. It
+// asks for the admin token in a sign-in form and keeps it in sessionStorage
+// (gone when the tab closes); it sends it as a bearer header, and as the
+// devstatus_token cookie (path /v1/stream, SameSite=Strict) for the
+// EventSource, which cannot send headers.
+//
+// It must not hold any logic the API does not expose: it only renders.
+package web
