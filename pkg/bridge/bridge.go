@@ -203,6 +203,8 @@ func (b *Bridge) Routes(mux *http.ServeMux) {
 	mux.HandleFunc(PatternPatch, admin("patch", b.handlePatch))
 	mux.HandleFunc(PatternDelete, admin("decommission", b.handleDecommission))
 	mux.HandleFunc(PatternReconnect, admin("reconnect", b.handleReconnect))
+	mux.HandleFunc(PatternRekey, admin("rekey", b.handleRekey))
+	mux.HandleFunc(PatternEvents, admin("events", b.handleEvents))
 }
 
 // Ready reports whether the bridge can accept heartbeats: NATS is connected

@@ -46,20 +46,24 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 	return newEnvOnBus(t, testenv.NATS(t, bus.Config{Partitions: 4}), opts...)
 }
 
+// withClock makes the env use clk (e.g. one clock shared by two bridges).
+func withClock(clk *clock.Fake) envOpt { return func(c *Config) { c.Clock = clk } }
+
 func newEnvOnBus(t testing.TB, b *bus.Bus, opts ...envOpt) *env {
 	t.Helper()
-	clk := clock.NewFake(t0)
-	reg, err := registry.New(registry.Config{Bus: b, Clock: clk, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Bus: b, Registry: reg, Clock: clk, Logger: testenv.Logger(t),
+	cfg := Config{Bus: b, Clock: clock.NewFake(t0), Logger: testenv.Logger(t),
 		AdminToken: adminToken, PingToken: pingToken,
 		RateMinInterval: DefaultRateMinInterval, RatePerMinute: DefaultRatePerMinute,
 		PublishTimeout: 2 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
 	}
+	clk := cfg.Clock.(*clock.Fake)
+	reg, err := registry.New(registry.Config{Bus: b, Clock: clk, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Registry = reg
 	br, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -250,4 +254,18 @@ func (e *env) publishTransition(id string, from, to events.Status) uint64 {
 		return d != nil && d.seq >= ack.Sequence
 	})
 	return ack.Sequence
+}
+
+func decode(t testing.TB, b []byte, v any) {
+	t.Helper()
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("%q: %v", b, err)
+	}
+}
+
+func decodeReader(t testing.TB, r io.Reader, v any) {
+	t.Helper()
+	if err := json.NewDecoder(r).Decode(v); err != nil {
+		t.Errorf("decode: %v", err)
+	}
 }

@@ -110,25 +110,33 @@ func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 // disconnected. The request's cancellation does not cut the publish short:
 // once sent, its outcome is awaited.
 func (b *Bridge) publish(ctx context.Context, in *events.Input) error {
+	_, err := b.publishWithID(ctx, in, in.ID)
+	return err
+}
+
+// publishWithID is publish with an explicit Nats-Msg-Id; it returns the
+// PubAck (Duplicate set when JetStream already holds a message with that id
+// in its duplicate window: nothing was stored).
+func (b *Bridge) publishWithID(ctx context.Context, in *events.Input, msgID string) (*jetstream.PubAck, error) {
 	if !b.cfg.Bus.NC.IsConnected() {
 		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
-		return errors.New("bridge: NATS is not connected")
+		return nil, errors.New("bridge: NATS is not connected")
 	}
 	data, err := events.EncodeInput(in)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
 	defer cancel()
 	start := b.cfg.Clock.Now()
-	_, err = b.cfg.Bus.JS.Publish(ctx, events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
-		jetstream.WithMsgID(in.ID), jetstream.WithExpectStream(events.InputStream))
+	ack, err := b.cfg.Bus.JS.Publish(ctx, events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
+		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(events.InputStream))
 	if err != nil {
 		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
-		return err
+		return nil, err
 	}
 	b.m.publishDuration.WithLabelValues(string(in.Type)).Observe(b.cfg.Clock.Now().Sub(start).Seconds())
-	return nil
+	return ack, nil
 }
 
 // handleHeartbeat serves POST /v1/devices/{id}/heartbeat.
@@ -147,17 +155,8 @@ func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ent, err := b.reg.Authenticate(r.Context(), id, httpx.BearerToken(r))
-	switch {
-	case err == nil:
-	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrBadToken):
-		// Unknown device and wrong token answer alike: no probing for ids.
-		writeUnauthorized(w)
-		return
-	case errors.Is(err, registry.ErrDecommissioned):
-		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "device is decommissioned")
-		return
-	default:
-		b.registryFailure(w, r, id, err)
+	if err != nil {
+		b.authFailure(w, r, id, err)
 		return
 	}
 	now := b.cfg.Clock.Now().UTC()
@@ -169,10 +168,26 @@ func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	in := &events.Input{Type: events.TypeHeartbeat, ID: "hb-" + nuid.Next(), Device: id, At: now,
 		Heartbeat: &events.Heartbeat{DeviceTime: hb.DeviceTime, Metrics: hb.Metrics}}
-	if err := b.publish(r.Context(), in); err != nil {
+	// The Nats-Msg-Id is the device's rate window (shared guard across bridge
+	// instances, see limiter); the event keeps its own random id.
+	msgID, windowEnd, windowed := b.lim.windowID(id, now)
+	if !windowed {
+		msgID = in.ID
+	}
+	ack, err := b.publishWithID(r.Context(), in, msgID)
+	if err != nil {
 		b.lim.cancel(tk)
 		b.log.Warn("bridge: heartbeat not acknowledged by JetStream", "device", id, "err", err)
 		b.writeUnavailable(w, "the event bus is unavailable; retry later")
+		return
+	}
+	if ack.Duplicate {
+		// Another bridge instance (or an earlier attempt whose answer was
+		// lost) already stored a heartbeat of this device in this window.
+		b.lim.rebase(tk, windowEnd.Add(-b.cfg.RateMinInterval).UnixNano())
+		b.m.rateLimited.Inc()
+		b.m.rateWindowRefused.Inc()
+		httpx.WriteRetryAfter(w, http.StatusTooManyRequests, httpx.CodeRateLimited, "too many heartbeats for this device", windowEnd.Sub(now))
 		return
 	}
 	b.lastAccepted.Store(now.UnixNano())
@@ -180,22 +195,26 @@ func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 
 	resp := heartbeatResponse{RemoteControlEnabled: ent.RemoteControlEnabled,
 		HeartbeatIntervalS: int(b.cfg.HeartbeatInterval / time.Second)}
-	if ent.PendingReconnect {
-		taken, err := b.reg.TakeReconnect(r.Context(), id)
-		if taken {
-			resp.ShouldReconnect = true
-			b.m.shouldReconnect.WithLabelValues("operator").Inc()
-		} else if err != nil {
-			b.log.Warn("bridge: pending reconnect not taken; the next heartbeat retries", "device", id, "err", err)
-		}
-	}
-	status, comeback := b.status.onHeartbeat(id)
-	if comeback {
-		resp.ShouldReconnect = true
-		b.m.shouldReconnect.WithLabelValues("comeback").Inc()
-	}
+	status, offlineSeq := b.status.forHeartbeat(id)
 	resp.Status = string(status)
+	resp.ShouldReconnect = b.deliver(r.Context(), id, ent, offlineSeq)
 	httpx.WriteJSON(w, http.StatusOK, resp)
+}
+
+// authFailure answers a failed device authentication (see
+// registry.Authenticate for the cases).
+func (b *Bridge) authFailure(w http.ResponseWriter, r *http.Request, id string, err error) {
+	switch {
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrBadToken):
+		// Unknown device and wrong token answer alike: no probing for ids.
+		writeUnauthorized(w)
+	case errors.Is(err, registry.ErrForeignToken):
+		httpx.WriteError(w, http.StatusForbidden, httpx.CodeForbidden, "this token belongs to another device")
+	case errors.Is(err, registry.ErrDecommissioned):
+		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "device is decommissioned")
+	default:
+		b.registryFailure(w, r, id, err)
+	}
 }
 
 // registryFailure answers a registry error that is not about the request.

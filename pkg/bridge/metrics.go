@@ -13,16 +13,19 @@ import (
 
 // metrics are the bridge's Prometheus collectors.
 type metrics struct {
-	heartbeats      *prometheus.CounterVec // by code
-	pings           *prometheus.CounterVec // by code
-	rateLimited     prometheus.Counter
-	publishErrors   *prometheus.CounterVec // by type
-	publishDuration *prometheus.HistogramVec
-	requestDuration *prometheus.HistogramVec // by route, code
-	shouldReconnect *prometheus.CounterVec   // by reason
-	lastAccepted    prometheus.Gauge
-	collectors      []prometheus.Collector
-	clk             clock.Clock // measures durations (the injected clock)
+	heartbeats  *prometheus.CounterVec // by code
+	pings       *prometheus.CounterVec // by code
+	rateLimited prometheus.Counter
+	// rateWindowRefused counts the 429s of the shared rate window (a
+	// duplicate Nats-Msg-Id: another instance took the window).
+	rateWindowRefused prometheus.Counter
+	publishErrors     *prometheus.CounterVec // by type
+	publishDuration   *prometheus.HistogramVec
+	requestDuration   *prometheus.HistogramVec // by route, code
+	shouldReconnect   *prometheus.CounterVec   // by reason
+	lastAccepted      prometheus.Gauge
+	collectors        []prometheus.Collector
+	clk               clock.Clock // measures durations (the injected clock)
 }
 
 func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metrics {
@@ -39,6 +42,10 @@ func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metri
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "devstatus_bridge_rate_limited_total",
 			Help: "Heartbeats refused with 429 by the per-device rate limit.",
+		}),
+		rateWindowRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devstatus_bridge_rate_window_refused_total",
+			Help: "Heartbeats refused with 429 by the shared rate window (JetStream already held one of the device's heartbeats in the window, from another bridge instance or an earlier attempt); included in devstatus_bridge_rate_limited_total.",
 		}),
 		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "devstatus_bridge_publish_errors_total",
@@ -68,7 +75,7 @@ func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metri
 			func() float64 { return float64(f(reg.CacheStats())) })
 	}
 	m.collectors = []prometheus.Collector{
-		m.heartbeats, m.pings, m.rateLimited, m.publishErrors, m.publishDuration, m.requestDuration,
+		m.heartbeats, m.pings, m.rateLimited, m.rateWindowRefused, m.publishErrors, m.publishDuration, m.requestDuration,
 		m.shouldReconnect, m.lastAccepted,
 		cacheCounter("devstatus_registry_cache_hits_total", "Device lookups answered from the registry cache.",
 			func(s registry.CacheStats) uint64 { return s.Hits }),

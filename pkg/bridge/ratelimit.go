@@ -1,7 +1,10 @@
 package bridge
 
 import (
+	"encoding/base64"
+	"hash/fnv"
 	"hash/maphash"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -20,7 +23,8 @@ const window = time.Minute
 // boundary "exactly RateMinInterval after the last accepted heartbeat is
 // accepted" depend on rounding for intervals such as 49 s. This limiter keeps
 // integer nanoseconds: the time of the last accepted heartbeat and a sliding
-// log of the last N accepted times (N = RatePerMinute, 8 bytes each).
+// log of the accepted times of the last minute (at most N = RatePerMinute,
+// 8 bytes each; entries a minute old are pruned, they limit nothing).
 //
 // Boundaries: a heartbeat exactly RateMinInterval after the last accepted
 // one is accepted; the (N+1)th heartbeat is accepted exactly one minute after
@@ -28,9 +32,18 @@ const window = time.Minute
 // publish fails gives its slot back (cancel), so a device that got 503 may
 // retry at once.
 //
+// This limiter is exact for the heartbeats one bridge instance sees. Across
+// instances the shared guard is the rate window (see windowID): the bridge
+// publishes each heartbeat with a Nats-Msg-Id derived from the device and the
+// RateMinInterval-long window of the bridge clock it falls in, so JetStream's
+// duplicate window refuses a second heartbeat of the same device in the same
+// window whichever instance sends it (PubAck.Duplicate → 429, nothing stored).
+// rebase then records the refusal locally.
+//
 // Memory: only devices that heartbeated within the last max(RateMinInterval,
-// 1 minute) hold state (~200 bytes); sweep drops the others, which is exact
-// because their state no longer limits anything.
+// 1 minute) hold state; sweep drops the others, which is exact because their
+// state no longer limits anything. docs/performance.md has the measured
+// bytes per device and cost per call at 1 000 000 devices.
 type limiter struct {
 	minInterval int64 // ns, 0 = off
 	perMinute   int   // 0 = off
@@ -110,14 +123,75 @@ func (l *limiter) allow(id string, now time.Time) (t ticket, retryAfter time.Dur
 	t = ticket{id: id, at: n, prevLast: d.last, hadPrev: len(d.times) > 0 || d.last != 0}
 	d.last = n
 	if l.perMinute > 0 {
-		if len(d.times) >= l.perMinute {
-			// The oldest is at least a window old (checked above): it limits nothing.
-			copy(d.times, d.times[1:])
-			d.times = d.times[:len(d.times)-1]
+		// Drop the accepted times a window old or older: they limit nothing
+		// (when the log is full its oldest is among them, checked above).
+		k := 0
+		for k < len(d.times) && n-d.times[k] >= int64(window) {
+			k++
+		}
+		if k > 0 {
+			d.times = append(d.times[:0], d.times[k:]...)
 		}
 		d.times = append(d.times, n)
 	}
 	return t, 0, true
+}
+
+// rebase moves an accepted heartbeat's time back to at (at <= its time): used
+// when the shared rate window refused it because another bridge instance
+// accepted one of the device's heartbeats in the same window, at or after
+// the window's start. Recording the window's start keeps this instance
+// consistent with the answer's Retry-After (the window's end) without ever
+// holding the device longer than the shared guard does.
+func (l *limiter) rebase(t ticket, at int64) {
+	if l.off() || t.id == "" {
+		return
+	}
+	s := l.shard(t.id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.m[t.id]
+	if d == nil {
+		return
+	}
+	if d.last == t.at {
+		d.last = max(at, t.prevLast)
+	}
+	for i := len(d.times) - 1; i >= 0; i-- {
+		if d.times[i] == t.at {
+			// Earlier entries are at least RateMinInterval older than t.at,
+			// so before the window's start: the log stays in order.
+			d.times[i] = max(at, t.prevLast)
+			break
+		}
+	}
+}
+
+// windowID returns the Nats-Msg-Id of a heartbeat of device id at time now
+// (the bridge clock), and the end of its rate window, for the shared guard:
+// "rw-<128-bit FNV-1a of the id, base64url>-<window number>", where the
+// window number is now / RateMinInterval (Unix time). Two heartbeats at least
+// RateMinInterval apart always fall in different windows, so the guard never
+// refuses what the exact limiter accepts. ok is false when RateMinInterval is
+// off (heartbeats then keep their random event id).
+func (l *limiter) windowID(id string, now time.Time) (msgID string, end time.Time, ok bool) {
+	if l.minInterval <= 0 {
+		return "", time.Time{}, false
+	}
+	n := now.UnixNano()
+	w := n / l.minInterval
+	if n < 0 && n%l.minInterval != 0 {
+		w-- // floor for times before 1970 (a test clock)
+	}
+	h := fnv.New128a()
+	_, _ = h.Write([]byte(id))
+	var sum [16]byte
+	b := make([]byte, 0, 48)
+	b = append(b, "rw-"...)
+	b = base64.RawURLEncoding.AppendEncode(b, h.Sum(sum[:0]))
+	b = append(b, '-')
+	b = strconv.AppendInt(b, w, 10)
+	return string(b), time.Unix(0, (w+1)*l.minInterval).UTC(), true
 }
 
 // cancel gives back the slot of an accepted heartbeat that was not published.

@@ -15,13 +15,14 @@ import (
 
 // statusCache holds, per device, the status the partition worker last
 // decided and the transitions-stream sequence of that decision, plus the
-// sequence whose comeback this bridge instance already signalled
-// (should_reconnect). It is fed by an ordered consumer on the transitions
-// stream that starts with the last transition of every device
-// (DeliverLastPerSubjectPolicy) and then follows new ones.
-//
-// Per instance: with several bridges, a device whose heartbeats alternate
-// between instances may be told should_reconnect once per instance.
+// sequence of the offline transition whose comeback this instance knows was
+// already signalled (a local memo; the authority is the registry entry's
+// ComebackSeq, raised by compare-and-swap in registry.Deliver, so the
+// comeback is signalled once across every bridge instance). It is fed by an
+// ordered consumer on the transitions stream that starts with the last
+// transition of every device (DeliverLastPerSubjectPolicy) and then follows
+// new ones. A watchdog (checkFeed) restarts the consumer when it falls
+// behind the stream without moving (connected but stalled).
 // Memory: ~100 bytes per device that ever had a transition.
 type statusCache struct {
 	mu    sync.Mutex
@@ -52,22 +53,32 @@ func (c *statusCache) apply(device string, to events.Status, seq uint64) {
 	}
 }
 
-// onHeartbeat returns the device's last decided status (registered when
-// none) and whether this heartbeat is a comeback to signal: the status is
-// temporarily_offline or disconnected and that decision's comeback was not
-// signalled yet. It marks it signalled.
-func (c *statusCache) onHeartbeat(device string) (events.Status, bool) {
+// forHeartbeat returns the device's last decided status (registered when
+// none) and, when that status is temporarily_offline or disconnected and
+// this instance has not yet seen its comeback signalled, the sequence of the
+// transition that decided it (the comeback candidate for registry.Deliver);
+// else 0.
+func (c *statusCache) forHeartbeat(device string) (events.Status, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d := c.m[device]
 	if d == nil {
-		return events.StatusRegistered, false
+		return events.StatusRegistered, 0
 	}
 	if (d.status == events.StatusTemporarilyOffline || d.status == events.StatusDisconnected) && d.signalled < d.seq {
-		d.signalled = d.seq
-		return d.status, true
+		return d.status, d.seq
 	}
-	return d.status, false
+	return d.status, 0
+}
+
+// markSignalled records that the comeback from the transition at seq was
+// signalled (by this or another instance): no further Deliver for it.
+func (c *statusCache) markSignalled(device string, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := c.m[device]; d != nil && seq > d.signalled {
+		d.signalled = seq
+	}
 }
 
 func (c *statusCache) get(device string) (events.Status, bool) {

@@ -24,6 +24,7 @@ type cache struct {
 	enabled bool
 
 	hits, misses, invalidations, flushes atomic.Uint64
+	watched                              atomic.Uint64 // last KV revision the watch applied
 }
 
 type slot struct {
@@ -138,5 +139,6 @@ func (c *cache) stats() CacheStats {
 	n := len(c.m)
 	c.mu.Unlock()
 	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(),
-		Invalidations: c.invalidations.Load(), Flushes: c.flushes.Load(), Entries: n}
+		Invalidations: c.invalidations.Load(), Flushes: c.flushes.Load(), Entries: n,
+		WatchedRevision: c.watched.Load()}
 }

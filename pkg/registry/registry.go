@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -39,6 +38,9 @@ var (
 	ErrDecommissioned = errors.New("registry: device is decommissioned")
 	// ErrBadToken: the presented device token does not match.
 	ErrBadToken = errors.New("registry: wrong device token")
+	// ErrForeignToken: the presented token is the valid token of another
+	// (registered, not decommissioned) device.
+	ErrForeignToken = errors.New("registry: token of another device")
 	// ErrUnavailable wraps every failure of the bus (disconnected, no
 	// responders, timeouts, too much CAS contention): the caller should answer
 	// 503 and the client retry later.
@@ -94,8 +96,18 @@ type Device struct {
 	// by the heartbeat that delivers it (exactly one, see TakeReconnect).
 	PendingReconnect bool `json:"pending_reconnect"`
 	// ReconnectRequestID is the event id of the pending (or last) reconnect request.
-	ReconnectRequestID string    `json:"reconnect_request_id,omitempty"`
-	RegisteredAt       time.Time `json:"registered_at"`
+	ReconnectRequestID string `json:"reconnect_request_id,omitempty"`
+	// ComebackSeq is the transitions-stream sequence of the last offline
+	// transition (to temporarily_offline or disconnected) whose comeback was
+	// signalled to the device (should_reconnect), by whichever bridge
+	// instance won the compare-and-swap that raised it (see Deliver).
+	ComebackSeq uint64 `json:"comeback_seq,omitempty"`
+	// Unlogged lists reconnect deliveries already told to the device whose
+	// reconnect_delivered event JetStream has not acknowledged yet; the next
+	// Deliver (any instance) publishes them again, same event id, and removes
+	// them (see Deliver).
+	Unlogged     []Delivery `json:"unlogged,omitempty"`
+	RegisteredAt time.Time  `json:"registered_at"`
 	// RegisteredEventID is the id of the device_registered event.
 	RegisteredEventID string     `json:"registered_event_id,omitempty"`
 	Decommissioned    bool       `json:"decommissioned"`
@@ -417,6 +429,10 @@ func (r *Registry) Register(ctx context.Context, id, group, gateway string, opts
 		r.rollbackRegister(key, id, rev, previous)
 		return "", perr
 	}
+	r.putTokenIndex(ctx, id, d.TokenHash)
+	if previous != nil {
+		r.deleteTokenIndex(ctx, previous.TokenHash)
+	}
 	return token, nil
 }
 
@@ -552,33 +568,6 @@ func (r *Registry) RequestReconnect(ctx context.Context, id string) (requestID s
 	return d.ReconnectRequestID, nil
 }
 
-// TakeReconnect clears a pending reconnect request with a revision-checked
-// write, so that exactly one caller wins even across bridge instances; the
-// winner gets true and publishes reconnect_delivered (event id
-// "rd-"+request id, so a repeat is deduplicated). No pending request: false,
-// nil. If the delivered event cannot be published after the clear, the
-// request still counts as taken (the caller tells the device) and the error
-// wraps [ErrUnavailable]: taken is true with a non-nil error.
-// Errors: *[InvalidIDError], [ErrNotFound], [ErrUnavailable].
-func (r *Registry) TakeReconnect(ctx context.Context, id string) (taken bool, err error) {
-	var won bool
-	_, err = r.mutate(ctx, id, func(d *Device) (*events.Input, bool, error) {
-		won = false
-		if !d.PendingReconnect || d.Decommissioned {
-			return nil, false, nil
-		}
-		d.PendingReconnect = false
-		won = true
-		ev := r.event(events.TypeReconnectDelivered, id, "rd-"+d.ReconnectRequestID)
-		ev.Actor = ""
-		return ev, true, nil
-	})
-	if won && err != nil {
-		r.log.Warn("registry: reconnect delivered but its event was not published", slog.String("device", id), slog.Any("err", err))
-	}
-	return won, err
-}
-
 // Entry is the cached hot-path view of a device.
 type Entry struct {
 	Group                string
@@ -588,13 +577,29 @@ type Entry struct {
 	Decommissioned       bool
 	// ProbeURL is Device.ProbeURL.
 	ProbeURL string
+	// ComebackSeq is Device.ComebackSeq: a heartbeat seeing an offline
+	// transition with a higher sequence may have a comeback to signal.
+	ComebackSeq uint64
+	// Unlogged: some delivery's reconnect_delivered event is still to publish.
+	Unlogged bool
 	// Revision is the KV revision the entry was read at.
 	Revision uint64
 }
 
+// NeedsDeliver tells the bridge whether a heartbeat of this device must call
+// [Registry.Deliver]: an operator reconnect is pending, a delivery is still
+// to be logged, or offlineSeq (the sequence of the device's last transition
+// when it is to temporarily_offline or disconnected, else 0) is newer than the
+// last comeback signalled. False on the hot path of almost every heartbeat:
+// no KV round trip then.
+func (e Entry) NeedsDeliver(offlineSeq uint64) bool {
+	return !e.Decommissioned && (e.PendingReconnect || e.Unlogged || offlineSeq > e.ComebackSeq)
+}
+
 func entryOf(d *Device) (Entry, error) {
 	e := Entry{Group: d.Group, RemoteControlEnabled: d.RemoteControlEnabled,
-		PendingReconnect: d.PendingReconnect, Decommissioned: d.Decommissioned, ProbeURL: d.ProbeURL, Revision: d.Revision}
+		PendingReconnect: d.PendingReconnect, Decommissioned: d.Decommissioned, ProbeURL: d.ProbeURL,
+		ComebackSeq: d.ComebackSeq, Unlogged: len(d.Unlogged) > 0, Revision: d.Revision}
 	h, err := hex.DecodeString(d.TokenHash)
 	if err != nil || len(h) != sha256.Size {
 		return Entry{}, fmt.Errorf("registry: device %q has a malformed token hash", d.ID)
@@ -639,27 +644,6 @@ func (r *Registry) Lookup(ctx context.Context, id string) (Entry, error) {
 	return e, nil
 }
 
-// Authenticate checks a device token against the registry (through the
-// cache). Errors: *[InvalidIDError]; [ErrNotFound] for an unknown id and
-// [ErrBadToken] for a wrong token (callers should answer both the same way,
-// so that unauthenticated callers cannot tell which ids exist);
-// [ErrDecommissioned] only when the token matches; [ErrUnavailable].
-// The comparison is constant-time and the token is hashed on every path.
-func (r *Registry) Authenticate(ctx context.Context, id, token string) (Entry, error) {
-	h := sha256.Sum256([]byte(token))
-	e, err := r.Lookup(ctx, id)
-	if err != nil {
-		return Entry{}, err
-	}
-	if token == "" || subtle.ConstantTimeCompare(h[:], e.TokenHash[:]) != 1 {
-		return Entry{}, ErrBadToken
-	}
-	if e.Decommissioned {
-		return e, ErrDecommissioned
-	}
-	return e, nil
-}
-
 // CacheStats counts cache activity since New.
 type CacheStats struct {
 	// Hits and Misses count Lookup calls answered from the cache or from KV.
@@ -670,6 +654,10 @@ type CacheStats struct {
 	Flushes uint64
 	// Entries is the number of keys cached now.
 	Entries int
+	// WatchedRevision is the last KV revision (bucket stream sequence) whose
+	// change the watch has applied to the cache: a change written at
+	// revision n has reached this instance's cache once WatchedRevision >= n.
+	WatchedRevision uint64
 }
 
 // CacheStats returns the cache counters (for metrics).

@@ -101,6 +101,7 @@ func (r *Registry) watchOnce(ctx context.Context, status chan nats.Status) error
 				continue
 			}
 			r.cache.invalidate(e.Key(), e.Revision())
+			r.cache.watched.Store(max(r.cache.watched.Load(), e.Revision())) // single writer: this loop
 		}
 	}
 }

@@ -1,0 +1,156 @@
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/events"
+)
+
+// Token index: besides the device entries (keys = events.SubjectToken(id),
+// which never contain a '.'), the devices bucket holds one key per device
+// token, "tok.<hex SHA-256 of the token>", whose value is the device id. It
+// only serves to tell a token of another device (403) from a wrong token
+// (401) when a token does not match the device it is presented for; the
+// device entry stays the only authority (an index hit counts only if that
+// device's entry holds the same hash and is not decommissioned), so a stale
+// or missing index key can only turn a 403 into a 401, never let a token in.
+const tokenIndexPrefix = "tok."
+
+func tokenIndexKey(hash string) string { return tokenIndexPrefix + hash }
+
+// putTokenIndex records that the token with this hash is id's. Best effort:
+// a failure only costs the 403 distinction for that token (logged).
+func (r *Registry) putTokenIndex(ctx context.Context, id, hash string) {
+	ctx, cancel := r.opCtx(context.WithoutCancel(ctx))
+	defer cancel()
+	if _, err := r.kv.Put(ctx, tokenIndexKey(hash), []byte(id)); err != nil {
+		r.log.Warn("registry: token index not written (a foreign use of this token answers 401, not 403)",
+			slog.String("device", id), slog.Any("err", err))
+	}
+}
+
+// deleteTokenIndex removes a retired token's index key. Best effort: a key
+// left behind points at a device whose entry no longer holds that hash, and
+// is ignored.
+func (r *Registry) deleteTokenIndex(ctx context.Context, hash string) {
+	ctx, cancel := r.opCtx(context.WithoutCancel(ctx))
+	defer cancel()
+	if err := r.kv.Purge(ctx, tokenIndexKey(hash)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		r.log.Warn("registry: retired token index key not removed", slog.Any("err", err))
+	}
+}
+
+// tokenOwner returns the id of the registered, not decommissioned device
+// whose current token has hash h ("" when none).
+func (r *Registry) tokenOwner(ctx context.Context, h [sha256.Size]byte) (string, error) {
+	if err := r.connected(); err != nil {
+		return "", err
+	}
+	ctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	e, err := r.kv.Get(ctx, tokenIndexKey(hex.EncodeToString(h[:])))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return "", nil
+	}
+	if err != nil {
+		return "", unavailable("token index", err)
+	}
+	owner := string(e.Value())
+	if validateID(owner) != nil {
+		return "", nil
+	}
+	oe, err := r.Lookup(ctx, owner)
+	if errors.Is(err, ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if oe.Decommissioned || subtle.ConstantTimeCompare(h[:], oe.TokenHash[:]) != 1 {
+		return "", nil
+	}
+	return owner, nil
+}
+
+// Authenticate checks a device token against the registry (through the
+// cache). Results, and how the bridge answers them:
+//   - the device's own token: its entry, nil (200);
+//   - its own token, device decommissioned: the entry, [ErrDecommissioned] (404);
+//   - the valid token of another device, whether id exists or not:
+//     [ErrForeignToken] (403; the caller holds a valid token, and the answer
+//     is the same for an existing and an unknown id, so it learns nothing
+//     about which ids exist);
+//   - no token or any other token: [ErrNotFound] for an unknown id,
+//     [ErrBadToken] for a known one; callers answer both alike (401), so
+//     that unauthenticated callers cannot tell which ids exist;
+//   - *[InvalidIDError], [ErrUnavailable].
+//
+// The token is hashed on every path and compared in constant time. The
+// matching path costs no KV round trip once the entry is cached; a
+// mismatching token costs one KV read of the token index (never cached, so
+// that random tokens cannot flood the cache).
+func (r *Registry) Authenticate(ctx context.Context, id, token string) (Entry, error) {
+	h := sha256.Sum256([]byte(token))
+	e, err := r.Lookup(ctx, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Entry{}, err
+	}
+	if err == nil && token != "" && subtle.ConstantTimeCompare(h[:], e.TokenHash[:]) == 1 {
+		if e.Decommissioned {
+			return e, ErrDecommissioned
+		}
+		return e, nil
+	}
+	if token != "" {
+		owner, oerr := r.tokenOwner(ctx, h)
+		if oerr != nil {
+			return Entry{}, oerr
+		}
+		if owner != "" && owner != id {
+			return Entry{}, ErrForeignToken
+		}
+	}
+	if err != nil {
+		return Entry{}, err // ErrNotFound
+	}
+	return Entry{}, ErrBadToken
+}
+
+// Rekey gives the device a new token (256 random bits, shown once: only its
+// SHA-256 is stored) and returns it. The old token stops working at once on
+// this instance (its cached entry is dropped with the write) and, on other
+// bridge instances, as soon as their KV watch delivers the change
+// (milliseconds); no other device's cached entry is touched. Errors:
+// *[InvalidIDError], [ErrNotFound], [ErrDecommissioned], [ErrUnavailable].
+//
+// No input event is published: a token is not part of the device's state
+// that the workers and projections follow (the events package has no type
+// for it); the KV entry's history is the record.
+func (r *Registry) Rekey(ctx context.Context, id string) (string, error) {
+	token, err := newToken()
+	if err != nil {
+		return "", err
+	}
+	hash := HashToken(token)
+	var old string
+	_, err = r.mutate(ctx, id, func(d *Device) (*events.Input, bool, error) {
+		if d.Decommissioned {
+			return nil, false, ErrDecommissioned
+		}
+		old, d.TokenHash = d.TokenHash, hash
+		return nil, true, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	r.putTokenIndex(ctx, id, hash)
+	r.deleteTokenIndex(ctx, old)
+	return token, nil
+}
