@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -303,6 +304,9 @@ func replayVirtualCommand(stdout, stderr io.Writer) *ffcli.Command {
 		cfg             trace.ImportConfig
 		natsURL, logLvl string
 		th              trace.Thresholds
+		hf              httpFlags
+		checkTimeout    time.Duration
+		checkTrans      int
 	)
 	tf.register(fs, "2006-09-21")
 	fs.StringVar(&natsURL, "nats-url", "", "NATS server of the devstatus service (required)")
@@ -310,8 +314,13 @@ func replayVirtualCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.DurationVar(&cfg.TickEvery, "tick", 10*time.Second, "virtual-time period of the clock ticks per partition")
 	fs.StringVar(&cfg.Group, "group", "grid5000", "group of the registered nodes")
 	fs.IntVar(&cfg.MaxInFlight, "max-in-flight", 2048, "async publishes awaiting their PubAck at most")
-	fs.DurationVar(&th.OfflineAfter, "offline-after", 40*time.Second, "O, for the printed oracle summary")
-	fs.DurationVar(&th.DisconnectAfter, "disconnect-after", 300*time.Second, "D, for the printed oracle summary")
+	fs.DurationVar(&th.OfflineAfter, "offline-after", 40*time.Second, "the service's O, for the oracle")
+	fs.DurationVar(&th.DisconnectAfter, "disconnect-after", 300*time.Second, "the service's D, for the oracle")
+	fs.StringVar(&hf.url, "check-url", "", "when set, the service's base URL: wait for it to show the oracle's final status of every node (read API)")
+	fs.StringVar(&hf.adminToken, "admin-token", "", "admin bearer token, with --check-url")
+	fs.DurationVar(&hf.timeout, "timeout", 30*time.Second, "timeout of one HTTP request, with --check-url")
+	fs.DurationVar(&checkTimeout, "check-timeout", 10*time.Minute, "how long to wait for the service to catch up, with --check-url")
+	fs.IntVar(&checkTrans, "check-transitions", 50, "with --check-url, also compare the full transition history (and exact times) of this many nodes, the busiest first")
 	registerLogLevel(fs, &logLvl)
 	return &ffcli.Command{
 		Name:       "replay-virtual",
@@ -320,7 +329,8 @@ func replayVirtualCommand(stdout, stderr io.Writer) *ffcli.Command {
 		LongHelp: "A trusted importer: publishes a device_registered event per node, then every heartbeat and a clock tick per\n" +
 			"partition every --tick, all stamped with trace time (2005–2006), in trace-time order, to the input stream.\n" +
 			"The service must run WITHOUT its ticker role: its wall-clock ticks would overtake every trace time.\n" +
-			"Prints the events/s and the oracle's expected summary for the window.\n" + envHelp,
+			"Prints the events/s and the oracle's expected summary for the window. With --check-url it then waits until\n" +
+			"the service's read API shows the oracle's final status of every node and compares the busiest nodes' histories.\n" + envHelp,
 		FlagSet: fs,
 		Options: options(),
 		Exec: func(ctx context.Context, _ []string) error {
@@ -359,9 +369,47 @@ func replayVirtualCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if sum, err := tr.Summarize(w, th); err == nil {
 				fmt.Fprintf(stdout, "oracle:\n%s\n", sum)
 			}
-			return nil
+			if hf.url == "" {
+				return nil
+			}
+			return checkVirtual(ctx, stdout, &hf, tr, w, th, checkTimeout, checkTrans)
 		},
 	}
+}
+
+// checkVirtual waits until the service shows the oracle's final status of
+// every node at the window's end, then compares the busiest nodes' full
+// histories, times included (virtual time stamps are exact).
+func checkVirtual(ctx context.Context, stdout io.Writer, hf *httpFlags, tr *trace.Trace, w trace.Window, th trace.Thresholds, timeout time.Duration, nTrans int) error {
+	c, err := hf.client()
+	if err != nil {
+		return err
+	}
+	exps, err := trace.ExpectAll(tr.Heartbeats(w, 0), w.To, th)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	ms, reads, err := sim.CheckUntil(ctx, c, exps, sim.CheckOptions{StatusOnly: true, PageSize: 1000}, t0.Add(timeout), time.Second)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "final statuses: %d nodes, %d mismatches after %d reads (%s)\n", len(exps), len(ms), reads, time.Since(t0).Round(time.Millisecond))
+	busiest := slices.Clone(exps)
+	slices.SortStableFunc(busiest, func(a, b trace.Expectation) int { return len(b.Transitions) - len(a.Transitions) })
+	busiest = busiest[:min(nTrans, len(busiest))]
+	tms, err := sim.Check(ctx, c, busiest, sim.CheckOptions{AtTolerance: time.Millisecond})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "transition histories of the %d busiest nodes: %d mismatches\n", len(busiest), len(tms))
+	for _, m := range append(ms, tms...)[:min(len(ms)+len(tms), 50)] {
+		fmt.Fprintf(stdout, "  %s\n", m)
+	}
+	if len(ms)+len(tms) > 0 {
+		return fmt.Errorf("%w: %d status and %d history mismatches", errMismatch, len(ms), len(tms))
+	}
+	return nil
 }
 
 // streamPartitions reads the partition count recorded in the input stream.

@@ -172,3 +172,27 @@ func formatGot(trs []TransitionRecord) string {
 func sortMismatches(ms []Mismatch) {
 	slices.SortStableFunc(ms, func(a, b Mismatch) int { return strings.Compare(a.Device, b.Device) })
 }
+
+// CheckUntil repeats [Check] every poll until it finds no mismatch, the
+// deadline passes or ctx ends, and returns the last mismatches and the number
+// of reads. Use it where the service's state converges and only its pipeline
+// lags, e.g. after a virtual-time replay whose last tick is in the log: it
+// waits out the lag without a fixed sleep. A read error is retried too; the
+// last one is returned if the deadline passes on it.
+func CheckUntil(ctx context.Context, c *Client, exps []trace.Expectation, opts CheckOptions, deadline time.Time, poll time.Duration) ([]Mismatch, int, error) {
+	if poll <= 0 {
+		poll = 250 * time.Millisecond
+	}
+	for n := 1; ; n++ {
+		ms, err := Check(ctx, c, exps, opts)
+		if err == nil && len(ms) == 0 {
+			return nil, n, nil
+		}
+		if ctx.Err() != nil || time.Now().Add(poll).After(deadline) {
+			return ms, n, err
+		}
+		if err := sleepCtx(ctx, poll); err != nil {
+			return ms, n, err
+		}
+	}
+}

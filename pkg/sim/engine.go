@@ -164,6 +164,8 @@ func (r *recorder) beat(ctx context.Context, c *Client, dev int, id, token strin
 type item struct {
 	at  time.Duration
 	dev int32
+	// k is the index of the heartbeat among its device's.
+	k int32
 }
 
 // source yields items in time order.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -47,9 +48,10 @@ type LiveConfig struct {
 	// Lead is the pause between registration and trace time Window.From.
 	// Default 500 ms.
 	Lead time.Duration
-	// Tolerance (wall time) is how late a heartbeat may be stamped by the
-	// service, relative to its intended time, before the node's comparison
-	// becomes unsafe. Default 250 ms.
+	// Tolerance (wall time) is how late heartbeats are expected to be
+	// stamped, relative to their intended time, when choosing the comparison
+	// time. (The comparison itself uses each heartbeat's measured delay.)
+	// Default 250 ms.
 	Tolerance time.Duration
 	// Settle (wall time) is how far behind real time the read API may show
 	// a device (the service's tick, its pipeline and projection lag).
@@ -141,17 +143,20 @@ type LiveResult struct {
 	Final map[events.Status]int
 	// Mismatches are compared nodes whose status differs from the oracle's.
 	Mismatches []Mismatch
-	// Ambiguous nodes were not compared (normally none: CompareAt is chosen
-	// to avoid them; a slow read or late heartbeats can create some).
+	// Ambiguous nodes were not compared: given the measured read times and
+	// heartbeat delays, more than one status was right for them (normally
+	// none: CompareAt is chosen to avoid them; a slow read or heartbeats
+	// stamped late near the comparison can create some).
 	Ambiguous []Ambiguous
-	// Disturbed nodes had a heartbeat refused, failed or answered later than
-	// Tolerance; they are not compared either.
+	// Disturbed nodes had a heartbeat refused (429, 503) or failed; they are
+	// still compared when their status is unambiguous.
 	Disturbed []Disturbance
 	Elapsed   time.Duration
 }
 
-// OK reports a replay in which every node was driven as planned and every
-// compared node's final status matched the oracle.
+// OK reports a replay in which no heartbeat was refused or failed and every
+// compared node's final status matched the oracle. A test that must not be
+// flaky on a loaded machine also bounds len(Ambiguous).
 func (r *LiveResult) OK() bool { return len(r.Mismatches) == 0 && len(r.Disturbed) == 0 }
 
 // String is a short human-readable report.
@@ -167,7 +172,7 @@ func (r *LiveResult) String() string {
 	for _, st := range events.Statuses {
 		fmt.Fprintf(&b, " %s %d", st, r.Final[st])
 	}
-	fmt.Fprintf(&b, "\nmismatches %d, ambiguous (not compared) %d, disturbed (not compared) %d\n", len(r.Mismatches), len(r.Ambiguous), len(r.Disturbed))
+	fmt.Fprintf(&b, "\nmismatches %d, ambiguous (not compared) %d, disturbed %d\n", len(r.Mismatches), len(r.Ambiguous), len(r.Disturbed))
 	for _, m := range r.Mismatches[:min(len(r.Mismatches), 50)] {
 		fmt.Fprintf(&b, "  %s\n", m)
 	}
@@ -206,13 +211,16 @@ func (r *LiveResult) String() string {
 // within that span of O or D: the tolerance is k·(Settle + Tolerance) before
 // and k·ReadBudget after, in trace time.
 //
-// After the read it recomputes each node's span with the measured read times
-// and the node's own worst lateness; a node whose expected status is not
-// constant over it is reported as Ambiguous rather than compared, and a node
-// whose heartbeats were refused, failed or were answered later than
-// Tolerance as Disturbed. With settings that fit the service this leaves no
-// node uncompared, and a mismatch means the service disagrees with the
-// oracle.
+// After the read, each node is judged with what was measured rather than
+// planned: the service's clock during the read lay in [ReadFrom − Settle,
+// ReadTo], and each heartbeat was stamped between its intended time and the
+// moment its answer came back (or maybe never, if it failed or was still in
+// flight). From those bounds [possibleStatuses] derives every status the
+// node may rightly show; with one possible status the node is compared, with
+// several it is reported as Ambiguous instead. A heartbeat refused (429,
+// 503) or failed marks its node Disturbed (reported, and compared when still
+// unambiguous). With settings that fit the service this leaves no node
+// uncompared, and a mismatch means the service disagrees with the oracle.
 func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
@@ -250,8 +258,8 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 	for i, n := range sched {
 		ids[i], groups[i] = cfg.IDPrefix+n.Node, cfg.Group
 		hbs[i] = n.TimesUTC()
-		for _, t := range hbs[i] {
-			items = append(items, item{at: trace.ScaleDuration(t.Sub(from), k), dev: int32(i)})
+		for j, t := range hbs[i] {
+			items = append(items, item{at: trace.ScaleDuration(t.Sub(from), k), dev: int32(i), k: int32(j)})
 		}
 		e, err := trace.Expect(ids[i], hbs[i], ext.To.Add(2*cfg.Thresholds.DisconnectAfter), cfg.Thresholds)
 		if err != nil {
@@ -290,6 +298,16 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 	traceAt := func(w time.Time) time.Time { return from.Add(scale(w.Sub(start))) }
 	readAt := wall(res.CompareAt)
 	rec := newRecorder(len(sched))
+	// delay[i][j]: how long after its intended time heartbeat j of node i
+	// was answered (an upper bound of the service's stamp); unknownDelay
+	// when it was never accepted (not sent, failed: maybe never stamped).
+	delay := make([][]time.Duration, len(sched))
+	for i := range delay {
+		delay[i] = make([]time.Duration, len(hbs[i]))
+		for j := range delay[i] {
+			delay[i][j] = unknownDelay
+		}
+	}
 	var (
 		mu        sync.Mutex
 		disturbed = map[int]string{}
@@ -314,11 +332,12 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 				reason = fmt.Sprintf("heartbeat of trace time %s failed: %v", tt, out.Err)
 			case out.Retried:
 				reason = fmt.Sprintf("heartbeat of trace time %s was refused (429/503) and retried", tt)
-			case out.Answered.Sub(due) > cfg.Tolerance:
-				reason = fmt.Sprintf("heartbeat of trace time %s answered %s late (tolerance %s)", tt, out.Answered.Sub(due), cfg.Tolerance)
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			if out.Err == nil {
+				delay[dev][it.k] = out.Answered.Sub(due)
+			}
 			if _, ok := disturbed[dev]; !ok && reason != "" {
 				disturbed[dev] = reason
 			}
@@ -345,25 +364,27 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 	for _, d := range devs {
 		got[d.ID] = d.Status
 	}
-	// Each node's oracle over the read's actual span, with the heartbeats
-	// sent during the read.
-	hi := traceAt(res.ReadTo)
-	for i, e := range exps {
+	// What each node's status may be, given the read's actual span (the
+	// service's clock anywhere in [ReadFrom − Settle, ReadTo]) and every
+	// heartbeat's measured delay.
+	lo, hi := traceAt(res.ReadFrom.Add(-cfg.Settle)), traceAt(res.ReadTo)
+	for i := range sched {
 		if reason, ok := disturbed[i]; ok {
 			res.Disturbed = append(res.Disturbed, Disturbance{Device: ids[i], Reason: reason})
-			continue
 		}
-		late := time.Duration(rec.lateness[i].Load())
-		lo := traceAt(res.ReadFrom.Add(-cfg.Settle - max(late, 0)))
-		span, err := trace.Expect(ids[i], hbs[i][:sort.Search(len(hbs[i]), func(j int) bool { return hbs[i][j].After(hi) })], hi, cfg.Thresholds)
-		if err != nil {
-			return nil, err
+		d := make([]time.Duration, len(delay[i]))
+		for j, w := range delay[i] {
+			d[j] = unknownDelay
+			if w != unknownDelay {
+				d[j] = scale(max(w, 0))
+			}
 		}
-		if sts := statusesOver(span, lo, hi); len(sts) > 1 {
+		sts := possibleStatuses(hbs[i], d, lo, hi, cfg.Thresholds)
+		if len(sts) != 1 {
 			res.Ambiguous = append(res.Ambiguous, Ambiguous{Node: ids[i], From: lo, To: hi, Statuses: sts})
 			continue
 		}
-		want := e.Final
+		want := sts[0]
 		res.Final[want]++
 		st, ok := got[ids[i]]
 		switch {
@@ -378,6 +399,87 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 	log.Info("live replay compared", slog.Int("mismatches", len(res.Mismatches)), slog.Int("ambiguous", len(res.Ambiguous)),
 		slog.Int("disturbed", len(res.Disturbed)))
 	return res, nil
+}
+
+// unknownDelay marks a heartbeat that may never have been stamped.
+const unknownDelay = time.Duration(math.MaxInt64)
+
+// possibleStatuses returns, in the order of events.Statuses, every status
+// the service may show while its clock is anywhere in [lo, hi] (trace
+// time), for a device whose heartbeat j was meant for time t[j] and was
+// stamped somewhere in [t[j], t[j]+d[j]] (d[j] = unknownDelay: maybe never).
+// It relies on the status being a monotone function of the silence since
+// the last stamped heartbeat (connected ≤ O < temporarily_offline < D ≤
+// disconnected; registered before any).
+func possibleStatuses(t []time.Time, d []time.Duration, lo, hi time.Time, th trace.Thresholds) []events.Status {
+	// received(j, n): certainly stamped by n; maybe(j, n): possibly stamped by n.
+	certainBy := func(j int, n time.Time) bool { return d[j] != unknownDelay && !t[j].Add(d[j]).After(n) }
+	// Cut [lo, hi] at every point where a heartbeat is due or certainly in.
+	cuts := []time.Time{lo, hi}
+	for j := range t {
+		for _, c := range []time.Time{t[j], t[j].Add(min(d[j], hi.Sub(t[j])))} {
+			if c.After(lo) && c.Before(hi) {
+				cuts = append(cuts, c)
+			}
+		}
+	}
+	slices.SortFunc(cuts, func(a, b time.Time) int { return a.Compare(b) })
+	cuts = slices.CompactFunc(cuts, func(a, b time.Time) bool { return a.Equal(b) })
+	possible := map[events.Status]bool{}
+	for c := 0; c < len(cuts); c++ {
+		n1, n2 := cuts[c], cuts[min(c+1, len(cuts)-1)]
+		// The last stamp at any n in [n1, n2] is at least a (the latest
+		// heartbeat certainly stamped by n1, at its intended time) and at
+		// most b (the latest stamp possible by n2).
+		var a, b time.Time
+		haveA, haveB := false, false
+		for j := range t {
+			if t[j].After(n2) {
+				break
+			}
+			if certainBy(j, n1) {
+				a, haveA = t[j], true
+			}
+			cand := n2
+			if d[j] != unknownDelay && t[j].Add(d[j]).Before(n2) {
+				cand = t[j].Add(d[j])
+			}
+			if !haveB || cand.After(b) {
+				b, haveB = cand, true
+			}
+		}
+		if !haveB {
+			possible[events.StatusRegistered] = true
+			continue
+		}
+		if !haveA {
+			possible[events.StatusRegistered] = true
+		}
+		smin := max(n1.Sub(b), 0)
+		if smin <= th.OfflineAfter {
+			possible[events.StatusConnected] = true
+		}
+		if !haveA {
+			// no heartbeat certainly stamped: any silence
+			possible[events.StatusTemporarilyOffline] = possible[events.StatusTemporarilyOffline] || smin < th.DisconnectAfter
+			possible[events.StatusDisconnected] = true
+			continue
+		}
+		smax := n2.Sub(a)
+		if smax > th.OfflineAfter && smin < th.DisconnectAfter {
+			possible[events.StatusTemporarilyOffline] = true
+		}
+		if smax >= th.DisconnectAfter {
+			possible[events.StatusDisconnected] = true
+		}
+	}
+	var out []events.Status
+	for _, st := range events.Statuses {
+		if possible[st] {
+			out = append(out, st)
+		}
+	}
+	return out
 }
 
 // pickCompareTime returns the earliest T ≥ notBefore such that no change
@@ -398,28 +500,4 @@ func pickCompareTime(changes []time.Time, notBefore time.Time, before, after tim
 		}
 		t = changes[i-1].Add(before + time.Millisecond)
 	}
-}
-
-// statusAt is e's expected status at trace time t (e was computed with an
-// end past every t asked).
-func statusAt(e trace.Expectation, t time.Time) events.Status {
-	st := events.StatusRegistered
-	for _, tr := range e.Transitions {
-		if tr.At.After(t) {
-			break
-		}
-		st = tr.To
-	}
-	return st
-}
-
-// statusesOver lists the distinct expected statuses over [lo, hi].
-func statusesOver(e trace.Expectation, lo, hi time.Time) []events.Status {
-	sts := []events.Status{statusAt(e, lo)}
-	for _, tr := range e.Transitions {
-		if tr.At.After(lo) && !tr.At.After(hi) && tr.To != sts[len(sts)-1] {
-			sts = append(sts, tr.To)
-		}
-	}
-	return sts
 }

@@ -26,9 +26,9 @@ func TestImportPublishesInTraceOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 20 minutes in the busy morning of the day, every node.
+	// 10 minutes of the busy morning of the day, every node.
 	day := TestdataDayWindow()
-	w := Window{From: day.From.Add(6 * time.Hour), To: day.From.Add(6*time.Hour + 20*time.Minute)}
+	w := Window{From: day.From.Add(6 * time.Hour), To: day.From.Add(6*time.Hour + 10*time.Minute)}
 	nodes := tr.Heartbeats(w, 0)
 	wantHB := 0
 	for _, n := range nodes {

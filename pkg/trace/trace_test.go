@@ -135,8 +135,8 @@ func TestTestdataDayExcerpt(t *testing.T) {
 // whole trace in the day, and that the whole trace has the README's outage
 // figures.
 func TestExcerptMatchesFullTrace(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: the full trace takes seconds to read")
+	if testing.Short() || raceEnabled {
+		t.Skip("-short or -race: the full trace takes seconds (half a minute under -race) to read")
 	}
 	_, file, _, _ := runtime.Caller(0)
 	full := filepath.Join(filepath.Dir(file), "..", "..", DefaultPath)

@@ -1,0 +1,6 @@
+//go:build race
+
+package trace
+
+// raceEnabled: the race detector slows the pure-Go xz decoder tenfold.
+const raceEnabled = true
