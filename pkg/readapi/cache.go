@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,6 +71,8 @@ type Cache struct {
 	tombQ   []tomb                   // FIFO of tombstones (ring, oldest at tombHead)
 	tombHd  int
 	stats   CacheStats
+	// fed is the last transitions-stream sequence Run has applied.
+	fed atomic.Uint64
 }
 
 type tomb struct {
@@ -214,6 +217,10 @@ func (c *Cache) Invalidate(id string, seq uint64) {
 	c.addTomb(id, int64(seq))
 }
 
+// FedSeq returns the last transitions-stream sequence [Cache.Run] has
+// applied (0: none yet).
+func (c *Cache) FedSeq() uint64 { return c.fed.Load() }
+
 // Stats returns the counters.
 func (c *Cache) Stats() CacheStats {
 	c.mu.Lock()
@@ -340,5 +347,6 @@ func (c *Cache) follow(ctx context.Context, last *uint64) error {
 			c.Invalidate(id, md.Sequence.Stream)
 		}
 		*last = md.Sequence.Stream
+		c.fed.Store(*last)
 	}
 }

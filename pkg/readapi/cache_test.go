@@ -2,6 +2,7 @@ package readapi
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -129,5 +130,90 @@ func mustDevice(t *testing.T, c *Cache, id string) {
 	t.Helper()
 	if _, err := c.Device(context.Background(), id); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Through the real transitions stream, with room for two entries: however
+// many transitions device B has (and however many other devices change),
+// device A stays cached; A's own transition drops A's entry, and the next
+// read of A shows the new status.
+func TestCacheTransitionOfBNeverEvictsA(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	c, err := NewCache(CacheConfig{Store: projections.NewStore(f.db), JetStream: f.js, TTL: time.Hour, MaxEntries: 2,
+		MaxTombstones: 4, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+
+	f.register(t, "A", "g")
+	in := f.register(t, "B", "g")
+	tr := f.transition(t, "A", events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, 1)
+	f.wait(t, in, tr)
+	mustDevice(t, c, "A")
+	st := c.Stats()
+	if st.Entries != 1 || st.Misses != 1 {
+		t.Fatalf("after reading A: %+v", st)
+	}
+	// B flaps 20 times, 10 other devices change once; B is also read in between.
+	states := []events.Status{events.StatusConnected, events.StatusTemporarilyOffline}
+	var last uint64
+	for i := range 20 {
+		last = f.transition(t, "B", states[i%2], states[1-i%2], events.ReasonHeartbeatTimeout, float64(2+i))
+		if i%5 == 0 {
+			f.wait(t, in, last)
+			mustDevice(t, c, "B")
+		}
+	}
+	for i := range 10 {
+		last = f.transition(t, fmt.Sprintf("other-%d", i), events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, 30)
+	}
+	f.wait(t, in, last)
+	waitFed := func(seq uint64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for c.FedSeq() < seq {
+			if time.Now().After(deadline) {
+				t.Fatalf("the cache did not follow the stream to %d (at %d)", seq, c.FedSeq())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFed(last)
+	if st := c.Stats(); st.Invalidations < 4 {
+		t.Errorf("B's reads were not invalidated by B's transitions: %+v", st)
+	}
+	before := c.Stats()
+	a, err := c.Device(ctx, "A")
+	if err != nil || a.Status != events.StatusConnected {
+		t.Fatalf("A: %+v %v", a, err)
+	}
+	if after := c.Stats(); after.Hits != before.Hits+1 || after.Misses != before.Misses {
+		t.Fatalf("A was not served from the cache after B's transitions: %+v → %+v", before, after)
+	}
+	if c.Stats().Evictions != 0 {
+		t.Errorf("evictions: %+v (only A and B were ever cached)", c.Stats())
+	}
+
+	// A's own transition drops A (and only A).
+	inv := c.Stats().Invalidations
+	last = f.transition(t, "A", events.StatusConnected, events.StatusTemporarilyOffline, events.ReasonHeartbeatTimeout, 50)
+	f.wait(t, in, last)
+	waitFed(last)
+	if c.Stats().Invalidations != inv+1 {
+		t.Fatalf("A's transition did not invalidate A: %+v", c.Stats())
+	}
+	misses := c.Stats().Misses
+	a, err = c.Device(ctx, "A")
+	if err != nil || a.Status != events.StatusTemporarilyOffline {
+		t.Fatalf("A after its transition: %+v %v", a, err)
+	}
+	if c.Stats().Misses != misses+1 {
+		t.Errorf("A was not re-read after its own transition")
 	}
 }
