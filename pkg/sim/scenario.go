@@ -380,7 +380,8 @@ func (p *Plan) checkMargins(d *DevicePlan) error {
 	}
 	if n := len(d.Times); n > 0 && !d.Continues {
 		s1, s2 := p.CheckAt-d.Times[n-1], p.Stop-d.Times[n-1]
-		if !(s2 <= O-M || (s1 >= O+M && s2 <= D-M) || s1 >= D+M) {
+		stable := s2 <= O-M || (s1 >= O+M && s2 <= D-M) || s1 >= D+M
+		if !stable {
 			return fmt.Errorf("final silence %s..%s is not clear of the thresholds by %s", s1, s2, M)
 		}
 	}

@@ -168,5 +168,3 @@ func TestdataDay() string {
 }
 
 const testdataDayFile = "g5k-2006-09-21.tab.xz"
-
-func unixUTC(s int64) time.Time { return time.Unix(s, 0).UTC() }
