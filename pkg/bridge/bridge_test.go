@@ -25,8 +25,19 @@ type chunked struct{ r io.Reader }
 
 func (c chunked) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// TestHeartbeatRefusesBadInput is the hostile-input table: each request is
+// refused with the design's JSON error, publishes nothing and spends none of
+// the device's rate budget (the rate limit is on; the limiter holds no state
+// for the device afterwards, and a valid heartbeat at the same instant is
+// accepted).
+//
+// Policies: top-level fields are matched exactly (case-sensitive); any other
+// top-level field, "Metrics" included, is refused (400 bad_request) so that a
+// typo is not silently dropped. Unknown metric keys are kept. Two keys of one
+// metrics object (at any depth) that are equal or differ only in case are
+// refused (400 invalid_field): readers disagree on which one wins.
 func TestHeartbeatRefusesBadInput(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.RateMinInterval, c.RatePerMinute = 0, 0 })
+	e := newEnv(t)
 	tok := e.register("dev", "")
 	big := `{"metrics":{"x":"` + strings.Repeat("a", DefaultMaxBodyBytes) + `"}}`
 	manyMetrics := func(n int) string {
@@ -80,6 +91,35 @@ func TestHeartbeatRefusesBadInput(t *testing.T) {
 		{"id newline", "/v1/devices/a%0Ab/heartbeat", "application/json", strings.NewReader(`{}`), 400, httpx.CodeInvalidDeviceID},
 		{"id NUL", "/v1/devices/a%00b/heartbeat", "application/json", strings.NewReader(`{}`), 400, httpx.CodeInvalidDeviceID},
 		{"id invalid UTF-8", "/v1/devices/%FF/heartbeat", "application/json", strings.NewReader(`{}`), 400, httpx.CodeInvalidDeviceID},
+		// duplicate keys differing only in case
+		{"top-level keys differ in case", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{},"Metrics":{}}`), 400, httpx.CodeBadRequest},
+		{"metric keys differ in case", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"battery":80,"Battery":5}}`), 400, httpx.CodeUnprocessableEntity},
+		{"metric keys differ in Unicode case", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"temp_\u212a":1,"temp_k":2}}`), 400, httpx.CodeUnprocessableEntity},
+		{"nested keys differ in case", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"net":{"rssi":-60,"RSSI":-90}}}`), 400, httpx.CodeUnprocessableEntity},
+		{"nested duplicate key", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"net":[{"a":1,"a":1}]}}`), 400, httpx.CodeUnprocessableEntity},
+		// metrics bounded
+		{"metric key too long", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"` + strings.Repeat("k", MaxMetricKeyLen+1) + `":1}}`), 400, httpx.CodeUnprocessableEntity},
+		{"empty metric key", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"":1}}`), 400, httpx.CodeUnprocessableEntity},
+		// NUL and invalid UTF-8 anywhere
+		{"NUL escape in device_time", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"device_time":"2026-01-02T03:04:05Z\u0000"}`), 400, httpx.CodeMalformedJSON},
+		{"NUL escape in nested value", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"a":{"b":["x","\u0000"]}}}`), 400, httpx.CodeMalformedJSON},
+		{"NUL escape in unknown field name", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"x\u0000":1}`), 400, httpx.CodeMalformedJSON},
+		{"raw NUL between tokens", devPath("dev", "/heartbeat"), "application/json", strings.NewReader("{\"metrics\":{}\x00}"), 400, httpx.CodeMalformedJSON},
+		{"raw NUL after the object", devPath("dev", "/heartbeat"), "application/json", strings.NewReader("{}\x00"), 400, httpx.CodeMalformedJSON},
+		{"invalid UTF-8 in metric key", devPath("dev", "/heartbeat"), "application/json", strings.NewReader("{\"metrics\":{\"k\xc3\":1}}"), 400, httpx.CodeMalformedJSON},
+		{"surrogate encoded as UTF-8 in device_time", devPath("dev", "/heartbeat"), "application/json", strings.NewReader("{\"device_time\":\"\xed\xa0\x80\"}"), 400, httpx.CodeMalformedJSON},
+		{"invalid UTF-8 in field name", devPath("dev", "/heartbeat"), "application/json", strings.NewReader("{\"metrics\xff\":{}}"), 400, httpx.CodeMalformedJSON},
+		{"invalid UTF-8 outside strings", devPath("dev", "/heartbeat"), "application/json", strings.NewReader("{\xff}"), 400, httpx.CodeMalformedJSON},
+		{"overlong UTF-8 encoding", devPath("dev", "/heartbeat"), "application/json", strings.NewReader("{\"metrics\":{\"a\":\"\xc0\xaf\"}}"), 400, httpx.CodeMalformedJSON},
+		{"byte order mark", devPath("dev", "/heartbeat"), "application/json", strings.NewReader("\ufeff{}"), 400, httpx.CodeMalformedJSON},
+		// shapes
+		{"null body", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`null`), 400, httpx.CodeMalformedJSON},
+		{"string body", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`"hb"`), 400, httpx.CodeMalformedJSON},
+		{"device_time not a string", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"device_time":5}`), 400, httpx.CodeUnprocessableEntity},
+		{"unterminated string", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"a":"x}}`), 400, httpx.CodeMalformedJSON},
+		{"trailing comma", devPath("dev", "/heartbeat"), "application/json", strings.NewReader(`{"metrics":{"a":1,}}`), 400, httpx.CodeMalformedJSON},
+		{"content type with bad params", devPath("dev", "/heartbeat"), "application/json; charset", strings.NewReader(`{}`), 415, httpx.CodeUnsupportedMedia},
+		{"json-like content type", devPath("dev", "/heartbeat"), "application/jsonx", strings.NewReader(`{}`), 415, httpx.CodeUnsupportedMedia},
 	}
 	before := len(e.inputEvents())
 	for _, c := range cases {
@@ -94,16 +134,23 @@ func TestHeartbeatRefusesBadInput(t *testing.T) {
 			if n := len(e.inputEvents()); n != before {
 				t.Errorf("a refused heartbeat published %d events", n-before)
 			}
+			if e.br.lim.tracked("dev") {
+				t.Fatalf("a refused heartbeat spent rate budget")
+			}
 		})
 	}
-	// The limits themselves are accepted.
+	// The limits themselves are accepted (the first at the same instant as
+	// the refusals: they spent nothing).
 	ok := []string{manyMetrics(DefaultMaxMetrics), `{"metrics":{"x":"` + strings.Repeat("a", DefaultMaxMetricBytes-2) + `"}}`,
 		`{"metrics":{"emoji":"\ud83d\ude00","unknown_key":{"nested":[1,2,null]}}}`, `{"device_time":null,"metrics":null}`,
-		`{"metrics":{"x":` + strings.Repeat("[", 16) + strings.Repeat("]", 16) + `,"big":1e300}}`}
+		`{"metrics":{"x":` + strings.Repeat("[", 16) + strings.Repeat("]", 16) + `,"big":1e300}}`,
+		`{"metrics":{"` + strings.Repeat("k", MaxMetricKeyLen) + `":1,"a":{"b":1},"c":{"b":2},"A1":1,"a2":[{"x":1},{"x":2}]}}`,
+		" \t\r\n ", `{}`}
 	for _, body := range ok {
 		if r := e.heartbeat("dev", tok, body); r.code != 200 {
 			t.Errorf("valid body refused: %d %s", r.code, r.body)
 		}
+		e.clk.Advance(DefaultRateMinInterval)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -231,7 +232,7 @@ func checkMetrics(raw json.RawMessage, maxMetrics, maxMetricBytes int) (json.Raw
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
 		return nil, invalidField("metrics must be a JSON object")
 	}
-	seen := make(map[string]struct{})
+	n := 0
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
@@ -241,11 +242,7 @@ func checkMetrics(raw json.RawMessage, maxMetrics, maxMetricBytes int) (json.Raw
 		if key == "" || len(key) > MaxMetricKeyLen {
 			return nil, invalidField("metric keys must be 1 to %d bytes", MaxMetricKeyLen)
 		}
-		if _, dup := seen[key]; dup {
-			return nil, invalidField("metric %q appears twice", key)
-		}
-		seen[key] = struct{}{}
-		if len(seen) > maxMetrics {
+		if n++; n > maxMetrics {
 			return nil, invalidField("more than %d metrics", maxMetrics)
 		}
 		var v json.RawMessage
@@ -270,13 +267,29 @@ func checkMetrics(raw json.RawMessage, maxMetrics, maxMetricBytes int) (json.Raw
 const MaxMetricDepth = 16
 
 // checkValues walks every token of the metrics: nesting at most
-// MaxMetricDepth deep, every number finite as a 64-bit float. Both keep a
-// value that JSON allows but Postgres jsonb refuses (1e999999 overflows
-// numeric) or that costs deep recursion out of the pipeline.
+// MaxMetricDepth deep, every number finite as a 64-bit float, and no object
+// (the metrics object or one nested in a value) with two keys that are equal
+// or differ only in case. The first two keep a value that JSON allows but
+// Postgres jsonb refuses (1e999999 overflows numeric) or that costs deep
+// recursion out of the pipeline; the last keeps a value whose meaning
+// depends on the reader: jsonb keeps the last of two equal keys, and Go's
+// encoding/json (like many decoders) matches keys case-insensitively, so
+// {"battery": 80, "Battery": 5} would read as 80 or 5 depending on who reads
+// it. Keys are compared by Unicode simple case folding (strings.EqualFold).
 func checkValues(raw json.RawMessage) error {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
-	depth := 0
+	type frame struct {
+		object  bool
+		wantKey bool
+		keys    map[string]struct{}
+	}
+	var stack []frame
+	valueDone := func() { // a value ended: the enclosing object wants a key next
+		if len(stack) > 0 && stack[len(stack)-1].object {
+			stack[len(stack)-1].wantKey = true
+		}
+	}
 	for {
 		tok, err := dec.Token()
 		if errors.Is(err, io.EOF) {
@@ -285,22 +298,54 @@ func checkValues(raw json.RawMessage) error {
 		if err != nil {
 			return malformed("malformed metrics: %v", err)
 		}
+		if len(stack) > 0 && stack[len(stack)-1].object && stack[len(stack)-1].wantKey {
+			if key, ok := tok.(string); ok {
+				top := &stack[len(stack)-1]
+				fk := foldKey(key)
+				if _, dup := top.keys[fk]; dup {
+					if len(stack) == 1 {
+						return invalidField("metric %q appears twice (keys are compared ignoring case)", key)
+					}
+					return invalidField("key %q appears twice in a metric's object (keys are compared ignoring case)", key)
+				}
+				top.keys[fk] = struct{}{}
+				top.wantKey = false
+				continue
+			}
+		}
 		switch v := tok.(type) {
 		case json.Delim:
-			if v == '{' || v == '[' {
-				depth++
-				if depth > MaxMetricDepth+1 { // +1: the metrics object itself
+			switch v {
+			case '{', '[':
+				if len(stack) >= MaxMetricDepth+1 { // +1: the metrics object itself
 					return invalidField("metrics are nested deeper than %d levels", MaxMetricDepth)
 				}
-			} else {
-				depth--
+				f := frame{object: v == '{', wantKey: v == '{'}
+				if f.object {
+					f.keys = make(map[string]struct{})
+				}
+				stack = append(stack, f)
+			default:
+				stack = stack[:len(stack)-1]
+				valueDone()
 			}
 		case json.Number:
 			if _, err := strconv.ParseFloat(string(v), 64); err != nil {
 				return invalidField("metric number %.32s is out of range", v)
 			}
+			valueDone()
+		default:
+			valueDone()
 		}
 	}
+}
+
+// foldKey maps a key to a representative of its case-folding class, so that
+// two keys are strings.EqualFold exactly when their foldKeys are equal for
+// the cases that matter here (ASCII and the usual Unicode letters; the
+// special folds K/k/U+212A KELVIN SIGN and s/S/U+017F LONG S included).
+func foldKey(k string) string {
+	return strings.ToLower(strings.ToUpper(k))
 }
 
 // pingBody is a decoded ping result request.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -30,6 +31,10 @@ type heartbeatResponse struct {
 	ShouldReconnect      bool   `json:"should_reconnect"`
 	HeartbeatIntervalS   int    `json:"heartbeat_interval_s"`
 }
+
+// CodeRequestTimeout is the error code of a 408: the request body did not
+// arrive within the server's read timeout.
+const CodeRequestTimeout = "request_timeout"
 
 // errUnavailableRetry is the base Retry-After of a 503; up to as much again
 // is added at random so that a fleet refused together does not come back
@@ -73,22 +78,28 @@ func validID(w http.ResponseWriter, r *http.Request) (string, bool) {
 //     fields": a heartbeat without metrics); a non-empty body is 415.
 //   - More than MaxBodyBytes, declared by Content-Length or found while
 //     reading a chunked body, is 413.
+//
+// A body refused before it is read is not read at all (refuseBody): the
+// connection is closed after the answer instead of being drained.
 func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, params, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" || (params["charset"] != "" && !strings.EqualFold(params["charset"], "utf-8")) {
+			refuseBody(w)
 			httpx.WriteError(w, http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMedia, "Content-Type must be application/json")
 			return nil, false
 		}
 	} else if r.ContentLength != 0 {
 		var one [1]byte
 		if r.ContentLength > 0 || func() bool { n, _ := io.ReadFull(r.Body, one[:]); return n > 0 }() {
+			refuseBody(w)
 			httpx.WriteError(w, http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMedia, "a request body needs Content-Type: application/json")
 			return nil, false
 		}
 		return nil, true
 	}
 	if r.ContentLength > b.cfg.MaxBodyBytes {
+		refuseBody(w)
 		httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, "request body is larger than the limit")
 		return nil, false
 	}
@@ -99,10 +110,26 @@ func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 			httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, "request body is larger than the limit")
 			return nil, false
 		}
+		var netErr net.Error
+		if errors.As(err, &netErr) && netErr.Timeout() {
+			// The server's ReadTimeout cut a slow client off.
+			w.Header().Set("Connection", "close")
+			httpx.WriteError(w, http.StatusRequestTimeout, CodeRequestTimeout, "request body not received in time")
+			return nil, false
+		}
 		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, "reading the request body failed")
 		return nil, false
 	}
 	return body, true
+}
+
+// refuseBody prepares the answer to a request whose body will not be read:
+// Connection: close, and a read deadline in the past, so that net/http
+// neither drains the unread body (it would read up to 256 KiB from a client
+// that may send it slowly or never, until ReadTimeout) nor waits for it.
+func refuseBody(w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 }
 
 // publish sends an input event to the device's subject and waits for the

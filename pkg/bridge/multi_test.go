@@ -49,7 +49,7 @@ func TestTwoBridgesRateLimit(t *testing.T) {
 		retryAfter string
 	}{
 		{0, e1, 200, ""},
-		{5 * time.Second, e2, 429, "5"}, // e2 has no local state: the shared window refuses
+		{5 * time.Second, e2, 429, "5"},                      // e2 has no local state: the shared window refuses
 		{9*time.Second + 500*time.Millisecond, e2, 429, "1"}, // now e2's limiter knows (rebase)
 		{10 * time.Second, e2, 200, ""},                      // boundary: exactly RateMinInterval later
 		{15 * time.Second, e1, 429, "5"},                     // e1's local state is old: shared window again
