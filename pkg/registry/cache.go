@@ -25,6 +25,7 @@ type cache struct {
 
 	hits, misses, invalidations, flushes atomic.Uint64
 	watched                              atomic.Uint64 // last KV revision the watch applied
+	stalls                               atomic.Uint64 // watches dropped as stalled
 }
 
 type slot struct {
@@ -140,5 +141,5 @@ func (c *cache) stats() CacheStats {
 	c.mu.Unlock()
 	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(),
 		Invalidations: c.invalidations.Load(), Flushes: c.flushes.Load(), Entries: n,
-		WatchedRevision: c.watched.Load()}
+		WatchedRevision: c.watched.Load(), WatchStalls: c.stalls.Load()}
 }

@@ -139,6 +139,9 @@ type Config struct {
 	// OpTimeout bounds one KV operation or publish when the caller's context
 	// has no deadline. Default 5s.
 	OpTimeout time.Duration
+	// WatchCheckInterval is how often Run compares the watch's progress with
+	// the bucket to detect a stalled watch. Default 5s.
+	WatchCheckInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -154,6 +157,9 @@ func (c *Config) setDefaults() {
 	if c.OpTimeout == 0 {
 		c.OpTimeout = 5 * time.Second
 	}
+	if c.WatchCheckInterval == 0 {
+		c.WatchCheckInterval = 5 * time.Second
+	}
 }
 
 func (c *Config) validate() error {
@@ -166,6 +172,9 @@ func (c *Config) validate() error {
 	}
 	if c.OpTimeout < 0 {
 		errs = append(errs, fmt.Errorf("OpTimeout must be > 0, got %s", c.OpTimeout))
+	}
+	if c.WatchCheckInterval < 0 {
+		errs = append(errs, fmt.Errorf("WatchCheckInterval must be > 0, got %s", c.WatchCheckInterval))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
@@ -658,6 +667,8 @@ type CacheStats struct {
 	// change the watch has applied to the cache: a change written at
 	// revision n has reached this instance's cache once WatchedRevision >= n.
 	WatchedRevision uint64
+	// WatchStalls counts watches dropped because they stalled while connected.
+	WatchStalls uint64
 }
 
 // CacheStats returns the cache counters (for metrics).

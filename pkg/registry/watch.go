@@ -20,7 +20,13 @@ var ErrAlreadyRunning = errors.New("registry: Run is already running")
 //
 // When the NATS connection is lost, caching stops and the cache is emptied
 // (the watch may miss updates while disconnected); after the reconnect the
-// watch is re-created and caching resumes. Run retries failures itself; it
+// watch is re-created and caching resumes. The same happens when the watch
+// stalls while connected (nats.go #1729: a consumer that stops delivering
+// after a broker restart): every Config.WatchCheckInterval the bucket's last
+// revision is compared with the last one the watch applied, and a watch that
+// stays behind without moving across two checks is dropped with the cache
+// and re-created (CacheStats.WatchStalls counts it; Watching is false
+// meanwhile, so the bridge reports not ready). Run retries failures itself; it
 // returns [ErrAlreadyRunning] if called twice concurrently.
 func (r *Registry) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
@@ -83,8 +89,18 @@ func (r *Registry) watchOnce(ctx context.Context, status chan nats.Status) error
 		return err
 	}
 	defer func() { _ = w.Stop() }()
+	// Every change after the watch was created is delivered to it: what the
+	// bucket holds now is the baseline the stall check measures from.
+	head, err := r.bucketHead(wctx)
+	if err != nil {
+		return err
+	}
+	r.cache.watched.Store(max(r.cache.watched.Load(), head))
 	r.cache.enable()
 	r.watchOK.Store(true)
+	check := time.NewTicker(r.cfg.WatchCheckInterval)
+	defer check.Stop()
+	var stall stallCheck
 	for {
 		select {
 		case <-ctx.Done():
@@ -92,6 +108,17 @@ func (r *Registry) watchOnce(ctx context.Context, status chan nats.Status) error
 		case s := <-status:
 			if s != nats.CONNECTED {
 				return errConnLost
+			}
+		case <-check.C:
+			head, err := r.bucketHead(wctx)
+			if err != nil {
+				continue // a lost connection is reported on status
+			}
+			if seen := r.cache.watched.Load(); stall.observe(seen, head) {
+				r.cache.stalls.Add(1)
+				r.log.Warn("registry: device watch stalled (connected, behind the bucket and not moving); re-creating it",
+					slog.Uint64("seen", seen), slog.Uint64("bucket_last", head))
+				return errWatchStalled
 			}
 		case e, ok := <-w.Updates():
 			if !ok {
@@ -104,6 +131,40 @@ func (r *Registry) watchOnce(ctx context.Context, status chan nats.Status) error
 			r.cache.watched.Store(max(r.cache.watched.Load(), e.Revision())) // single writer: this loop
 		}
 	}
+}
+
+var errWatchStalled = errors.New("device watch stalled")
+
+// bucketHead returns the devices bucket's last revision (its stream's last
+// sequence).
+func (r *Registry) bucketHead(ctx context.Context) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
+	defer cancel()
+	st, err := r.kv.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return 0, errors.New("registry: bucket status without stream info")
+	}
+	return bs.StreamInfo().State.LastSeq, nil
+}
+
+// stallCheck detects a follower (a watch, a consumer) that is connected but
+// stalled: behind the head it follows at two consecutive checks without
+// having moved in between. A follower that is merely busy moves; one that is
+// caught up is not behind. Detection takes one to two check intervals.
+type stallCheck struct {
+	prevSeen uint64
+	behind   bool
+}
+
+func (s *stallCheck) observe(seen, head uint64) bool {
+	behind := head > seen
+	stalled := behind && s.behind && seen == s.prevSeen
+	s.prevSeen, s.behind = seen, behind
+	return stalled
 }
 
 // Watching reports whether the KV watch is established (caching is on).
