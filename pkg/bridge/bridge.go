@@ -15,6 +15,7 @@ import (
 	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/pkg/clock"
 	"github.com/devstatus/devstatus/pkg/httpx"
+	"github.com/devstatus/devstatus/pkg/probepolicy"
 	"github.com/devstatus/devstatus/pkg/registry"
 )
 
@@ -77,6 +78,10 @@ type Config struct {
 	MaxMetricBytes int
 	// PublishTimeout bounds the wait for a PubAck. Default 5s.
 	PublishTimeout time.Duration
+	// ProbePolicy checks the probe URLs set at registration, by PATCH or in
+	// heartbeats (see probe.go). Zero: the secure default of package
+	// probepolicy.
+	ProbePolicy probepolicy.Policy
 }
 
 func (c *Config) setDefaults() {
@@ -134,6 +139,9 @@ func (c *Config) validate() error {
 	}
 	if c.PublishTimeout < 0 {
 		errs = append(errs, fmt.Errorf("PublishTimeout must be positive, got %s", c.PublishTimeout))
+	}
+	if err := c.ProbePolicy.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
@@ -196,6 +204,7 @@ const (
 func (b *Bridge) Routes(mux *http.ServeMux) {
 	mux.HandleFunc(PatternHeartbeat, b.m.instrument("heartbeat", b.m.heartbeats, b.handleHeartbeat))
 	mux.HandleFunc(PatternPing, b.m.instrument("ping", b.m.pings, b.handlePing))
+	mux.HandleFunc(PatternPings, b.m.instrument("pings", nil, b.handlePings))
 	admin := func(route string, h http.HandlerFunc) http.HandlerFunc {
 		return b.m.instrument(route, nil, httpx.RequireBearer(b.cfg.AdminToken, h).ServeHTTP)
 	}

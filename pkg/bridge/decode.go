@@ -188,6 +188,9 @@ func parseTime(field string, raw json.RawMessage) (*time.Time, error) {
 type heartbeatBody struct {
 	DeviceTime *time.Time
 	Metrics    json.RawMessage // compact JSON object, or nil
+	// ProbeURL is the device's probe URL as reported (nil: not reported,
+	// "": clear it); the handler checks it against the probe policy.
+	ProbeURL *string
 }
 
 // decodeHeartbeat decodes a heartbeat body:
@@ -206,7 +209,7 @@ func decodeHeartbeat(body []byte, maxMetrics, maxMetricBytes int) (heartbeatBody
 	if len(bytes.TrimSpace(body)) == 0 {
 		return hb, nil
 	}
-	f, err := parseObject(body, "device_time", "metrics")
+	f, err := parseObject(body, "device_time", "metrics", "probe_url")
 	if err != nil {
 		return hb, err
 	}
@@ -214,6 +217,9 @@ func decodeHeartbeat(body []byte, maxMetrics, maxMetricBytes int) (heartbeatBody
 		return hb, err
 	}
 	if hb.Metrics, err = checkMetrics(f["metrics"], maxMetrics, maxMetricBytes); err != nil {
+		return hb, err
+	}
+	if hb.ProbeURL, err = parseProbeURL(f["probe_url"]); err != nil {
 		return hb, err
 	}
 	return hb, nil

@@ -181,6 +181,9 @@ func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		writeRequestError(w, err)
 		return
 	}
+	if !b.checkHeartbeatProbeURL(w, &hb) {
+		return
+	}
 	ent, err := b.reg.Authenticate(r.Context(), id, httpx.BearerToken(r))
 	if err != nil {
 		b.authFailure(w, r, id, err)
@@ -218,6 +221,7 @@ func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b.lastAccepted.Store(now.UnixNano())
+	b.storeProbeURL(r.Context(), id, hb.ProbeURL)
 	b.m.lastAccepted.Set(float64(now.UnixNano()) / 1e9)
 
 	resp := heartbeatResponse{RemoteControlEnabled: ent.RemoteControlEnabled,
@@ -327,7 +331,7 @@ func (b *Bridge) handleRegister(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	f, err := parseObject(body, "id", "group", "gateway")
+	f, err := parseObject(body, "id", "group", "gateway", "probe_url")
 	if err != nil {
 		writeRequestError(w, err)
 		return
@@ -343,7 +347,11 @@ func (b *Bridge) handleRegister(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	token, err := b.reg.Register(r.Context(), id, group, gateway)
+	probeURL, ok := b.probeURLField(w, f["probe_url"])
+	if !ok {
+		return
+	}
+	token, err := b.reg.Register(r.Context(), id, group, gateway, registry.WithProbeURL(probeURL))
 	if err != nil {
 		b.writeAdminError(w, r, id, err)
 		return
@@ -363,12 +371,16 @@ func (b *Bridge) handlePatch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	f, err := parseObject(body, "remote_control_enabled")
+	f, err := parseObject(body, "remote_control_enabled", "probe_url")
 	if len(body) == 0 {
 		f, err = map[string]json.RawMessage{}, nil
 	}
 	if err != nil {
 		writeRequestError(w, err)
+		return
+	}
+	if _, has := f["probe_url"]; has {
+		b.handlePatchProbeURL(w, r, id, f)
 		return
 	}
 	var enabled bool

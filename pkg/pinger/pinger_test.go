@@ -119,8 +119,8 @@ func pingResults(t *testing.T, b *bus.Bus) map[string][]*events.Input {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for seq := uint64(0); seq < info.State.LastSeq; {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+	for seq := info.State.FirstSeq - 1; seq < info.State.LastSeq; {
+		batch, err := cons.Fetch(int(min(info.State.LastSeq-seq, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}

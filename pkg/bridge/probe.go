@@ -1,0 +1,142 @@
+package bridge
+
+// Probe URLs: set at registration (POST /v1/devices {"probe_url"}), by
+// PATCH /v1/devices/{id} {"probe_url"}, or reported by the device in its
+// heartbeat {"probe_url"}; always checked against Config.ProbePolicy, a
+// refused URL answered 400 with code "forbidden_probe_target" (the policy
+// refuses the scheme or the address) or "invalid_probe_url", and nothing
+// written or published. The registry stores the normalised URL; the ping
+// service checks it again, after DNS resolution, when it probes.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/devstatus/devstatus/pkg/httpx"
+	"github.com/devstatus/devstatus/pkg/probepolicy"
+)
+
+// Error codes of refused probe URLs (HTTP 400).
+const (
+	CodeForbiddenProbeTarget = "forbidden_probe_target"
+	CodeInvalidProbeURL      = "invalid_probe_url"
+)
+
+// checkProbeURL checks a probe URL against the policy and returns its
+// normalised form; "" (clearing the URL) is always allowed. Errors are
+// *requestError (400).
+func (b *Bridge) checkProbeURL(raw string) (string, error) {
+	if raw == "" {
+		return "", nil
+	}
+	u, err := b.cfg.ProbePolicy.CheckURL(raw)
+	switch {
+	case err == nil:
+		return u.String(), nil
+	case errors.Is(err, probepolicy.ErrForbidden):
+		return "", &requestError{code: CodeForbiddenProbeTarget, msg: "probe_url: " + err.Error()}
+	default:
+		return "", &requestError{code: CodeInvalidProbeURL, msg: "probe_url: " + err.Error()}
+	}
+}
+
+// parseProbeURL decodes a probe_url field: absent or null gives nil (no
+// change), a string its value ("" clears). Errors are *requestError (400).
+func parseProbeURL(raw json.RawMessage) (*string, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, &requestError{code: CodeInvalidProbeURL, msg: "probe_url must be a string (an http or https URL, or \"\" for none)"}
+	}
+	return &s, nil
+}
+
+// probeURLField decodes and checks the probe_url field of an admin request,
+// answering 400 itself when it is refused.
+func (b *Bridge) probeURLField(w http.ResponseWriter, raw json.RawMessage) (string, bool) {
+	p, err := parseProbeURL(raw)
+	if err == nil && p != nil {
+		var u string
+		if u, err = b.checkProbeURL(*p); err == nil {
+			return u, true
+		}
+	}
+	if err != nil {
+		writeRequestError(w, err)
+		return "", false
+	}
+	return "", true
+}
+
+// checkHeartbeatProbeURL checks (and normalises in place) the probe_url a
+// heartbeat reported, answering 400 when the policy refuses it: the
+// heartbeat is then not recorded, so that a misconfigured device shows up at
+// once instead of silently never being probed.
+func (b *Bridge) checkHeartbeatProbeURL(w http.ResponseWriter, hb *heartbeatBody) bool {
+	if hb.ProbeURL == nil {
+		return true
+	}
+	u, err := b.checkProbeURL(*hb.ProbeURL)
+	if err != nil {
+		writeRequestError(w, err)
+		return false
+	}
+	hb.ProbeURL = &u
+	return true
+}
+
+// storeProbeURL records the probe URL reported in an accepted heartbeat when
+// it differs from the registered one (read from the registry cache, so an
+// unchanged URL costs no KV round trip). A failure is logged and not
+// reported to the device: the heartbeat is recorded, and the next heartbeat
+// tries again.
+func (b *Bridge) storeProbeURL(ctx context.Context, id string, probeURL *string) {
+	if probeURL == nil {
+		return
+	}
+	ent, err := b.reg.Lookup(ctx, id)
+	if err == nil && ent.ProbeURL == *probeURL {
+		return
+	}
+	if _, err := b.reg.SetProbeURL(ctx, id, *probeURL); err != nil {
+		b.log.Warn("bridge: probe URL from a heartbeat not stored; the next heartbeat retries",
+			slog.String("device", id), slog.Any("err", err))
+	}
+}
+
+// handlePatchProbeURL serves PATCH /v1/devices/{id} when the body has
+// "probe_url" (and optionally "remote_control_enabled"): → 200 {"id",
+// "remote_control_enabled", "probe_url"}.
+func (b *Bridge) handlePatchProbeURL(w http.ResponseWriter, r *http.Request, id string, f map[string]json.RawMessage) {
+	probeURL, ok := b.probeURLField(w, f["probe_url"])
+	if !ok {
+		return
+	}
+	var enabled *bool
+	if raw, has := f["remote_control_enabled"]; has {
+		var v bool
+		if isNull(raw) || json.Unmarshal(raw, &v) != nil {
+			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeUnprocessableEntity, "remote_control_enabled must be a boolean")
+			return
+		}
+		enabled = &v
+	}
+	d, err := b.reg.SetProbeURL(r.Context(), id, probeURL)
+	if err == nil && enabled != nil {
+		d, err = b.reg.SetRemoteControl(r.Context(), id, *enabled)
+	}
+	if err != nil {
+		b.writeAdminError(w, r, id, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, struct {
+		ID                   string `json:"id"`
+		RemoteControlEnabled bool   `json:"remote_control_enabled"`
+		ProbeURL             string `json:"probe_url"`
+	}{d.ID, d.RemoteControlEnabled, d.ProbeURL})
+}
