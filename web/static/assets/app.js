@@ -60,7 +60,12 @@ function ago(iso) {
   return fut ? 'in ' + t : t + ' ago';
 }
 function when(iso) { return h('time', { datetime: iso || '', title: iso ? new Date(iso).toLocaleString() : '', 'data-ago': iso || '' }, ago(iso)); }
-function fmtTime(d) { return d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' }); }
+// fmtTick formats an axis time with the precision the span needs.
+function fmtTick(d, spanMs) {
+  if (spanMs <= 2 * 3600e3) return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: spanMs <= 600e3 ? '2-digit' : undefined });
+  if (spanMs <= 2 * 86400e3) return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  return d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+}
 
 function devHref(id) { return '#/device/' + encodeURIComponent(id); }
 function devPath(id) { return '/v1/devices/' + encodeURIComponent(id); }
@@ -320,10 +325,13 @@ function fleetView(params) {
 
 // ---- device view -----------------------------------------------------------
 
-const WINDOWS = [['1h', 3600], ['6h', 6 * 3600], ['24h', 86400], ['7d', 7 * 86400]];
+// Timeline windows: seconds before now, or 0 = since the registration.
+const WINDOWS = [['last 5 min', 300], ['last hour', 3600], ['last 6 hours', 6 * 3600], ['last 24 hours', 86400],
+  ['last 7 days', 7 * 86400], ['since registration', 0]];
 
-function deviceView(id) {
-  const v = { name: 'device', id, window: 3600, dev: null };
+function deviceView(id, params) {
+  const w = params.get('w');
+  const v = { name: 'device', id, window: w === 'all' ? 0 : Number(w) || 3600, dev: null };
   S.view = v;
   const head = h('div', { class: 'dev-head' });
   const details = h('dl', { class: 'kv' });
@@ -333,7 +341,7 @@ function deviceView(id) {
   const hist = h('tbody', { id: 'history' });
   const msg = h('span', { class: 'note', id: 'action-msg' });
   const winSel = h('select', { id: 'window', onchange: () => { v.window = Number(winSel.value); loadTimeline(); } },
-    WINDOWS.map(([t, sec]) => h('option', { value: sec, selected: sec === v.window }, 'last ' + t)));
+    WINDOWS.map(([t, sec]) => h('option', { value: sec, selected: sec === v.window }, t)));
 
   async function act(label, fn) {
     msg.textContent = label + '…';
@@ -380,7 +388,12 @@ function deviceView(id) {
 
   async function loadTimeline() {
     const to = new Date();
-    const from = new Date(to.getTime() - v.window * 1000);
+    let from = new Date(to.getTime() - v.window * 1000);
+    if (!v.window) {
+      if (!v.dev) await loadDevice();
+      const reg = v.dev && (v.dev.registered_at || v.dev.status_since);
+      from = reg ? new Date(Math.min(new Date(reg).getTime(), to.getTime() - 1000)) : new Date(to.getTime() - 86400000);
+    }
     const iso = (d) => d.toISOString();
     let start, trs, av;
     try {
@@ -394,8 +407,8 @@ function deviceView(id) {
       return;
     }
     if (S.view !== v) return;
-    chart.replaceChildren(timeline(from, to, start.status || 'unknown', trs.transitions));
-    legend.replaceChildren(...[...STATUSES, 'unknown'].filter((st) => av.seconds[st] > 0).map((st) =>
+    chart.replaceChildren(timeline(from, to, start.status || 'unknown', trs.transitions, v.dev && v.dev.registered_at));
+    legend.replaceChildren(...[...STATUSES, 'unknown'].filter((st) => av.seconds[st] > 0 && (st !== 'unknown' || av.percent[st] >= 0.05)).map((st) =>
       h('span', { 'data-status': st }, h('span', { class: 'sw ' + st }), LABEL[st] + ' ' + av.percent[st].toFixed(1) + '%')));
     if (trs.transitions.length === 1000) legend.append(h('span', { class: 'note' }, 'only the first 1000 transitions of the window are drawn'));
   }
@@ -431,13 +444,20 @@ function deviceView(id) {
 }
 
 // timeline draws the status over [from, to] as one bar of coloured segments
-// (SVG, 1000 units wide), with a time axis.
-function timeline(from, to, initial, transitions) {
+// (SVG, 1000 units wide), with a time axis. initial is the status at from
+// ('unknown' before the registration, which registeredAt tells).
+function timeline(from, to, initial, transitions, registeredAt) {
   const W = 1000, X0 = 10, X1 = 990, Y = 18, H = 34;
   const t0 = from.getTime(), t1 = to.getTime();
   const x = (t) => X0 + (X1 - X0) * (Math.min(Math.max(t, t0), t1) - t0) / (t1 - t0);
   const segs = [];
   let cur = initial, since = t0;
+  const reg = registeredAt ? new Date(registeredAt).getTime() : NaN;
+  if (cur === 'unknown' && reg >= t0 && reg < t1) { // (the API has microseconds, JavaScript milliseconds)
+    if (reg > t0) segs.push(['unknown', t0, reg]);
+    cur = transitions.length ? transitions[0].from : 'registered';
+    since = reg;
+  }
   for (const t of transitions) {
     const at = new Date(t.at).getTime();
     if (at > since) segs.push([cur, since, at]);
@@ -456,7 +476,7 @@ function timeline(from, to, initial, transitions) {
     const t = t0 + (t1 - t0) * i / ticks, xx = x(t);
     svg.append(s('line', { class: 'tick', x1: xx, x2: xx, y1: Y + H, y2: Y + H + 5 }));
     svg.append(s('text', { x: xx, y: Y + H + 18, 'text-anchor': i === 0 ? 'start' : i === ticks ? 'end' : 'middle' },
-      i === ticks ? 'now' : fmtTime(new Date(t))));
+      i === ticks ? 'now' : fmtTick(new Date(t), t1 - t0)));
   }
   return svg;
 }
@@ -466,10 +486,12 @@ function timeline(from, to, initial, transitions) {
 function route() {
   if (!S.token) { renderLogin(); return; }
   const hash = location.hash || '#/';
-  const m = hash.match(/^#\/device\/(.+)$/);
-  if (m) { deviceView(decodeURIComponent(m[1])); return; }
-  const qi = hash.indexOf('?');
-  fleetView(new URLSearchParams(qi >= 0 ? hash.slice(qi + 1) : ''));
+  const qi = hash.indexOf('?'); // ids in the hash are encoded: a raw "?" starts parameters
+  const path = qi >= 0 ? hash.slice(0, qi) : hash;
+  const params = new URLSearchParams(qi >= 0 ? hash.slice(qi + 1) : '');
+  const m = path.match(/^#\/device\/(.+)$/);
+  if (m) { deviceView(decodeURIComponent(m[1]), params); return; }
+  fleetView(params);
 }
 
 function start() {
