@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -256,6 +258,29 @@ func TestMetricsExposed(t *testing.T) {
 	// Every partition has a lag series.
 	if n := len(fams["devstatus_consumer_lag_events"].GetMetric()); n != 4 {
 		t.Errorf("devstatus_consumer_lag_events: %d partitions, want 4", n)
+	}
+	// Every metric the Grafana dashboard queries exists.
+	dash, err := os.ReadFile("../../deploy/grafana/devstatus.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queried []string
+	for _, name := range regexp.MustCompile(`devstatus_[a-z_]+`).FindAllString(string(dash), -1) {
+		name = strings.TrimSuffix(name, "_bucket")
+		if !slices.Contains(queried, name) {
+			queried = append(queried, name)
+		}
+	}
+	if len(queried) < 10 {
+		t.Errorf("the Grafana dashboard queries only %v", queried)
+	}
+	for _, name := range queried {
+		if name == "devstatus_bridge_publish_errors_total" {
+			continue // a labelled counter without series until the first publish error
+		}
+		if fams[name] == nil {
+			t.Errorf("deploy/grafana/devstatus.json queries %s, which /metrics does not have", name)
+		}
 	}
 	for _, u := range []string{"/healthz", "/readyz"} {
 		if code, body := apiCall(t, "GET", base+u, "", nil); code != 200 {
