@@ -78,6 +78,11 @@ type Config struct {
 	MaxMetricBytes int
 	// PublishTimeout bounds the wait for a PubAck. Default 5s.
 	PublishTimeout time.Duration
+	// FeedCheckInterval is how often the status cache's transitions feed is
+	// checked for a stall (connected but not delivering): a feed behind the
+	// stream that has not moved across two checks is re-created, and the
+	// bridge is not ready meanwhile. Default 5s.
+	FeedCheckInterval time.Duration
 	// ProbePolicy checks the probe URLs set at registration, by PATCH or in
 	// heartbeats (see probe.go). Zero: the secure default of package
 	// probepolicy.
@@ -105,6 +110,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PublishTimeout == 0 {
 		c.PublishTimeout = DefaultPublishTimeout
+	}
+	if c.FeedCheckInterval <= 0 {
+		c.FeedCheckInterval = 5 * time.Second
 	}
 }
 
@@ -176,7 +184,7 @@ func New(cfg Config) (*Bridge, error) {
 		log:    cfg.Logger,
 		reg:    cfg.Registry,
 		lim:    newLimiter(cfg.RateMinInterval, cfg.RatePerMinute),
-		status: newStatusCache(),
+		status: newStatusCache(cfg.FeedCheckInterval),
 	}
 	b.m = newMetrics(cfg.Clock, cfg.Registry, b.status)
 	if err := b.m.register(cfg.Registerer); err != nil {

@@ -70,6 +70,13 @@ func newEnvOnBus(t testing.TB, b *bus.Bus, opts ...envOpt) *env {
 	}
 	mux := http.NewServeMux()
 	br.Routes(mux)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { // as pkg/service serves it
+		if err := br.Ready(r.Context()); err != nil {
+			httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, err.Error())
+			return
+		}
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
 	srv := httptest.NewServer(httpx.DeviceIDs(mux))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

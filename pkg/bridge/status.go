@@ -25,10 +25,13 @@ import (
 // behind the stream without moving (connected but stalled).
 // Memory: ~100 bytes per device that ever had a transition.
 type statusCache struct {
-	mu    sync.Mutex
-	m     map[string]*devStatus
-	ready atomic.Bool // initial catch-up done
-	alive atomic.Bool // a consumer is running
+	mu         sync.Mutex
+	m          map[string]*devStatus
+	ready      atomic.Bool   // initial catch-up done
+	alive      atomic.Bool   // a consumer is running and not stalled
+	applied    atomic.Uint64 // transitions-stream sequence of the last transition applied
+	stalls     atomic.Uint64 // consumers dropped as stalled
+	checkEvery time.Duration // stall check period
 }
 
 type devStatus struct {
@@ -37,7 +40,9 @@ type devStatus struct {
 	signalled uint64 // seq whose comeback was signalled
 }
 
-func newStatusCache() *statusCache { return &statusCache{m: make(map[string]*devStatus)} }
+func newStatusCache(checkEvery time.Duration) *statusCache {
+	return &statusCache{m: make(map[string]*devStatus), checkEvery: checkEvery}
+}
 
 // apply records a transition unless a newer one is known.
 func (c *statusCache) apply(device string, to events.Status, seq uint64) {
@@ -97,13 +102,12 @@ func (c *statusCache) size() int {
 }
 
 // feed runs the transitions consumer until ctx ends, re-creating it when it
-// stops (the ordered consumer itself resumes after reconnects from the last
-// sequence it delivered).
+// stops or stalls (continuing after the last sequence it applied; the ordered
+// consumer itself also resumes after reconnects).
 func (c *statusCache) feed(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {
 	backoff := 100 * time.Millisecond
-	var lastSeq uint64
 	for ctx.Err() == nil {
-		err := c.consumeOnce(ctx, js, log, &lastSeq)
+		err := c.consumeOnce(ctx, js, log)
 		c.alive.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -118,18 +122,25 @@ func (c *statusCache) feed(ctx context.Context, js jetstream.JetStream, log *slo
 	}
 }
 
-func (c *statusCache) consumeOnce(ctx context.Context, js jetstream.JetStream, log *slog.Logger, lastSeq *uint64) error {
+var errFeedStalled = errors.New("transitions feed stalled")
+
+func (c *statusCache) consumeOnce(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
 	cfg := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{events.TransitionSubjects},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	}
-	if *lastSeq > 0 {
+	if last := c.applied.Load(); last > 0 {
 		// A re-created feed continues after what it applied.
 		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		cfg.OptStartSeq = *lastSeq + 1
+		cfg.OptStartSeq = last + 1
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	cons, err := js.OrderedConsumer(cctx, events.TransitionStream, cfg)
+	stream, err := js.Stream(cctx, events.TransitionStream)
+	if err != nil {
+		cancel()
+		return err
+	}
+	cons, err := stream.OrderedConsumer(cctx, cfg)
 	cancel()
 	if err != nil {
 		return err
@@ -137,7 +148,6 @@ func (c *statusCache) consumeOnce(ctx context.Context, js jetstream.JetStream, l
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
 		c.ready.Store(true)
 	}
-	var mu sync.Mutex // guards lastSeq against the handler goroutine
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
@@ -150,9 +160,7 @@ func (c *statusCache) consumeOnce(ctx context.Context, js jetstream.JetStream, l
 		} else {
 			c.apply(sc.Device, sc.To, md.Sequence.Stream)
 		}
-		mu.Lock()
-		*lastSeq = md.Sequence.Stream
-		mu.Unlock()
+		c.applied.Store(md.Sequence.Stream)
 		if md.NumPending == 0 {
 			c.ready.Store(true)
 		}
@@ -166,10 +174,51 @@ func (c *statusCache) consumeOnce(ctx context.Context, js jetstream.JetStream, l
 	}
 	c.alive.Store(true)
 	defer cc.Stop()
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-cc.Closed():
-		return errors.New("transitions consumer closed")
+	check := time.NewTicker(c.checkEvery)
+	defer check.Stop()
+	var stall stallCheck
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-cc.Closed():
+			return errors.New("transitions consumer closed")
+		case <-check.C:
+			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			info, err := stream.Info(ictx)
+			cancel()
+			if err != nil {
+				continue // the bus is down: readiness already says so, the consumer resumes itself
+			}
+			// Messages removed before this feed saw them cannot be waited for.
+			seen := max(c.applied.Load(), info.State.FirstSeq-min(info.State.FirstSeq, 1))
+			head := info.State.LastSeq
+			if info.State.Msgs == 0 {
+				head = seen
+			}
+			if stall.observe(seen, head) {
+				c.stalls.Add(1)
+				log.Warn("bridge: transitions feed stalled (connected, behind the stream and not moving); re-creating it",
+					slog.Uint64("applied", seen), slog.Uint64("stream_last", head))
+				return errFeedStalled
+			}
+		}
 	}
+}
+
+// stallCheck detects a follower that is connected but stalled: behind the
+// head it follows at two consecutive checks without having moved in
+// between (nats.go #1729: a consumer that stops delivering after a broker
+// restart). A busy follower moves; a caught-up one is not behind. Detection
+// takes one to two check intervals.
+type stallCheck struct {
+	prevSeen uint64
+	behind   bool
+}
+
+func (s *stallCheck) observe(seen, head uint64) bool {
+	behind := head > seen
+	stalled := behind && s.behind && seen == s.prevSeen
+	s.prevSeen, s.behind = seen, behind
+	return stalled
 }

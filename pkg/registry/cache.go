@@ -11,9 +11,13 @@ import (
 //
 // Fill protocol (no stale entry can survive an invalidation): a miss first
 // reserves the key with a placeholder slot, then reads KV, then stores the
-// value only into that same placeholder. An invalidation (or a flush) that
-// lands between the reservation and the store removes the placeholder, and
-// the store is dropped.
+// value only into that same placeholder. A local invalidation (revision 0)
+// or a flush that lands between the reservation and the store removes the
+// placeholder, and the store is dropped. A watch invalidation at revision n
+// marks the placeholder instead: the value read is stored only if it is at
+// revision n or newer (it then already holds that change), so the watch
+// event of a device's registration, arriving while its first look-up reads
+// it, does not leave the device uncached.
 //
 // Eviction: when full, an arbitrary entry is dropped (Go map iteration order
 // is randomised, so this is random eviction: O(1), no per-entry list).
@@ -32,6 +36,9 @@ type slot struct {
 	e     Entry
 	found bool
 	ready bool
+	// minRev: a watch invalidation at this revision hit the placeholder;
+	// only a value at least this new may fill it.
+	minRev uint64
 }
 
 func newCache(max int) *cache {
@@ -82,7 +89,12 @@ func (c *cache) fill(key string, s *slot, e Entry, found bool) {
 	}
 	c.mu.Lock()
 	if c.m[key] == s {
-		s.e, s.found, s.ready = e, found, true
+		if s.minRev == 0 || (found && e.Revision >= s.minRev) {
+			s.e, s.found, s.ready = e, found, true
+		} else {
+			delete(c.m, key) // read before the change the watch reported
+			c.invalidations.Add(1)
+		}
 	}
 	c.mu.Unlock()
 }
@@ -109,6 +121,10 @@ func (c *cache) invalidate(key string, rev uint64) bool {
 		return false
 	}
 	if rev != 0 && s.ready && s.found && s.e.Revision >= rev {
+		return false
+	}
+	if rev != 0 && !s.ready {
+		s.minRev = max(s.minRev, rev) // judged when the read fills it
 		return false
 	}
 	delete(c.m, key)
