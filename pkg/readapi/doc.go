@@ -1,12 +1,26 @@
-// Package readapi serves the read side of devstatus over HTTP: one device,
-// the filtered and paginated device list, a device's transition history and
-// the fleet summary, as JSON in the shapes of design.md ("Names that scripts
-// and dashboards rely on"). Every route needs the admin bearer token.
+// Package readapi serves the read side of devstatus over HTTP, as JSON in the
+// shapes of design.md ("Names that scripts and dashboards rely on"):
 //
-// It reads through [Reader] (implemented by *projections.Store) and must not
-// write anything, publish to the bus or decide statuses. It registers only
-// GET patterns, so it shares a ServeMux with the bridge's POST, PATCH and
-// DELETE patterns on the same paths; the server wraps that mux with
-// httpx.DeviceIDs so that every device id (with "/", "." or "..", spaces,
-// non-ASCII) routes.
+//	GET /v1/devices/{id}                    one device, with its latest metrics
+//	GET /v1/devices?status=&group=&prefix=&stale_for=&sort=&limit=&cursor=
+//	                                        filtered, sorted, keyset-paginated list
+//	GET /v1/devices/{id}/transitions?from=&to=&limit=   history, oldest first
+//	GET /v1/devices/{id}/status?at=         the status at a past time (from the history)
+//	GET /v1/devices/{id}/availability?from=&to=         seconds and percent per status
+//	GET /v1/summary                         counts by status and by group
+//	GET /v1/stream?status=&group=&device=   server-sent events, one per transition,
+//	                                        resumable with Last-Event-ID
+//
+// Every route needs the admin token (the stream also takes it from the
+// access_token parameter or the devstatus_token cookie, for EventSource).
+// Device reads go through [Cache], a per-device cache that each device's own
+// transitions invalidate; history reads go to Postgres; the stream reads the
+// transitions stream (one ordered consumer per client, bounded buffers).
+//
+// It reads through [Reader] (implemented by *projections.Store and [Cache])
+// and must not write anything, publish to the bus or decide statuses. It
+// registers only GET patterns, so it shares a ServeMux with the bridge's
+// POST, PATCH and DELETE patterns on the same paths; the server wraps that
+// mux with httpx.DeviceIDs so that every device id (with "/", "." or "..",
+// spaces, non-ASCII) routes.
 package readapi

@@ -29,12 +29,13 @@ func ExampleAPI_Routes() {
 		return
 	}
 	go func() { _ = cache.Run(ctx) }()
-	api, err := readapi.New(readapi.Config{Store: cache, AdminToken: os.Getenv("DEVSTATUS_ADMIN_TOKEN")})
+	api, err := readapi.New(readapi.Config{Store: cache, AdminToken: os.Getenv("DEVSTATUS_ADMIN_TOKEN"),
+		Stream: readapi.StreamConfig{JetStream: b.JS}})
 	if err != nil {
 		return
 	}
 	mux := http.NewServeMux()
-	api.Routes(mux) // GET /v1/devices, GET /v1/devices/{id}, GET /v1/devices/{id}/transitions, GET /v1/summary
+	api.Routes(mux) // the GET routes of the package doc, /v1/stream among them (Config.Stream.JetStream)
 	// The bridge registers its POST/PATCH/DELETE patterns on the same mux.
 	_ = http.ListenAndServe(":8080", httpx.DeviceIDs(mux))
 }
