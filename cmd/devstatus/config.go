@@ -49,9 +49,19 @@ type config struct {
 	ShutdownTimeout  time.Duration
 	InstanceID       string
 	WorkerPartitions string
+	// Ping service (role pinger) and probe scheduling (worker).
+	ProbeAfter        time.Duration
+	PingMaxInterval   time.Duration
+	PingTimeout       time.Duration
+	PingConcurrency   int
+	PingInsecureTLS   bool
+	ProbeSchemes      string
+	ProbeAllowPrivate bool
+	ProbeAllowCIDRs   string
 
 	rolesRaw    string
 	workerParts []int
+	pinger      service.PingerConfig
 }
 
 // errUsage marks errors that come from bad flags (exit code 2).
@@ -64,7 +74,7 @@ func newFlagSet(name string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "with the embedded server: also accept NATS clients (devicesim, nats CLI) on this address; empty for in-process only")
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory of the embedded JetStream store and of generated dev tokens")
 	fs.StringVar(&c.DatabaseURL, "database-url", os.Getenv("DATABASE_URL"), "Postgres URL (default $DATABASE_URL)")
-	fs.StringVar(&c.rolesRaw, "roles", "all", "comma-separated roles to run: bridge,worker,ticker,projector,api or all")
+	fs.StringVar(&c.rolesRaw, "roles", "all", "comma-separated roles to run: bridge,worker,ticker,projector,api,pinger or all")
 	fs.IntVar(&c.Partitions, "partitions", 16, "input partitions; fixed when the streams are first created")
 	fs.IntVar(&c.Replicas, "replicas", 1, "stream and bucket replicas (3 on a NATS cluster)")
 	fs.DurationVar(&c.Thresholds.Default.OfflineAfter, "offline-after", 40*time.Second, "silence after which a connected device is temporarily_offline (exclusive)")
@@ -86,6 +96,14 @@ func newFlagSet(name string, c *config) *flag.FlagSet {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "longest graceful shutdown")
 	fs.StringVar(&c.InstanceID, "instance-id", "", "name of this instance in leases and logs (default host-pid-random)")
 	fs.StringVar(&c.WorkerPartitions, "worker-partitions", "", "partitions this instance's worker may own, e.g. 0-7 or 1,3,5 (default all)")
+	fs.DurationVar(&c.ProbeAfter, "probe-after", 35*time.Second, "the worker asks for the first probe of a device this long after its last heartbeat (at least --ping-ignore-within; negative: never)")
+	fs.DurationVar(&c.PingMaxInterval, "ping-max-interval", 5*time.Minute, "longest interval between probes of a silent device (backing off 30s, 1m, 2m, … up to this)")
+	fs.DurationVar(&c.PingTimeout, "ping-timeout", 2*time.Second, "timeout of one probe (connect, TLS, response headers); at most 30s")
+	fs.IntVar(&c.PingConcurrency, "ping-concurrency", 128, "most probes one pinger instance runs at once")
+	fs.BoolVar(&c.PingInsecureTLS, "ping-insecure-tls", false, "do not verify the certificates of https probe URLs (devices with self-signed certificates)")
+	fs.StringVar(&c.ProbeSchemes, "probe-schemes", "http,https", "schemes allowed in probe URLs (a subset of http,https)")
+	fs.BoolVar(&c.ProbeAllowPrivate, "probe-allow-private", false, "allow probe targets in private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)")
+	fs.StringVar(&c.ProbeAllowCIDRs, "probe-allow-cidrs", "", "comma-separated ranges probe targets may be in whatever their kind (loopback and link-local included), e.g. 10.20.0.0/16")
 	return fs
 }
 
@@ -143,6 +161,9 @@ func (c *config) finish() error {
 	if c.HeartbeatEvery >= c.Thresholds.Default.OfflineAfter {
 		slog.Warn("heartbeat interval is not shorter than offline_after: every device will flap",
 			slog.Duration("heartbeat_interval", c.HeartbeatEvery), slog.Duration("offline_after", c.Thresholds.Default.OfflineAfter))
+	}
+	if err := c.finishPinger(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.WorkerPartitions != "" {
 		ps, err := parsePartitionList(c.WorkerPartitions, c.Partitions)

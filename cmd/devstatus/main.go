@@ -1,6 +1,6 @@
 // Command devstatus runs the device connectivity status service.
 //
-//	devstatus serve     run the roles (bridge, worker, ticker, projector, api)
+//	devstatus serve     run the roles (bridge, worker, ticker, projector, api, pinger)
 //	devstatus migrate   apply the Postgres schema
 //	devstatus rebuild   rebuild the Postgres projections from the streams
 //
@@ -136,6 +136,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		RateMinInterval: c.RateMinInterval, RatePerMinute: c.RatePerMinute,
 		AdminToken: c.AdminToken, PingToken: c.PingToken, Migrate: c.Migrate,
 		InstanceID: c.InstanceID, WorkerPartitions: c.workerParts, Logger: log,
+		ProbeAfter: c.ProbeAfter, PingMaxInterval: c.PingMaxInterval, Pinger: c.pinger,
 	})
 	if err != nil {
 		return err

@@ -81,7 +81,7 @@ func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *http.ServeMux
 		}
 		b, err := bridge.New(bridge.Config{Bus: s.Bus, Registry: reg, Clock: cfg.Clock, Logger: s.log, Registerer: s.reg,
 			AdminToken: cfg.AdminToken, PingToken: cfg.PingToken, HeartbeatInterval: cfg.HeartbeatInterval,
-			RateMinInterval: cfg.RateMinInterval, RatePerMinute: cfg.RatePerMinute})
+			RateMinInterval: cfg.RateMinInterval, RatePerMinute: cfg.RatePerMinute, ProbePolicy: cfg.Pinger.Policy})
 		if err != nil {
 			return err
 		}

@@ -1,5 +1,5 @@
 // Package service assembles devstatus's roles (bridge, worker, ticker,
-// projector, read API) into one process around one bus connection and one
+// projector, read API, pinger) into one process around one bus connection and one
 // HTTP server, starts them, reports health, and stops them in order. The
 // devstatus binary and the end-to-end tests both use it.
 //
@@ -37,10 +37,11 @@ const (
 	RoleTicker    = "ticker"
 	RoleProjector = "projector"
 	RoleAPI       = "api"
+	RolePinger    = "pinger"
 )
 
 // AllRoles is what --roles all means.
-var AllRoles = []string{RoleBridge, RoleWorker, RoleTicker, RoleProjector, RoleAPI}
+var AllRoles = []string{RoleBridge, RoleWorker, RoleTicker, RoleProjector, RoleAPI, RolePinger}
 
 // ErrInvalidConfig wraps configuration errors of [New].
 var ErrInvalidConfig = errors.New("service: invalid config")
@@ -63,6 +64,9 @@ type Config struct {
 	// PingMaxInterval caps the backoff between probes of a silent device.
 	// Default 5 min.
 	PingMaxInterval time.Duration
+	// Pinger configures the pinger role and the probe policy (see
+	// pinger.go).
+	Pinger PingerConfig
 	// Tick period of the ticker role. Default 1s.
 	Tick time.Duration
 	// HeartbeatInterval told to devices. Default 30s.
@@ -250,6 +254,11 @@ func (s *Service) startRoles(ctx, runCtx context.Context, mux *http.ServeMux) er
 			return err
 		}
 		s.run(runCtx, RoleTicker, t.Run)
+	}
+	if cfg.Has(RolePinger) {
+		if err := s.startPinger(runCtx); err != nil {
+			return err
+		}
 	}
 	return s.startDataRoles(ctx, runCtx, mux)
 }
