@@ -213,7 +213,7 @@ func TestDashboardInChromium(t *testing.T) {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		var dev map[string]any
-		req, _ := http.NewRequest("GET", base+"/v1/devices/"+url.PathEscape(live), nil)
+		req, _ := http.NewRequest(http.MethodGet, base+"/v1/devices/"+url.PathEscape(live), nil)
 		req.Header.Set("Authorization", "Bearer "+admin)
 		if resp, err := http.DefaultClient.Do(req); err == nil {
 			_ = json.NewDecoder(resp.Body).Decode(&dev)

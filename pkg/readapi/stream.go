@@ -348,7 +348,7 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 	drop := func(reason string) { a.m.dropped.WithLabelValues(reason).Inc() }
 	hb := time.NewTicker(cfg.Heartbeat)
 	defer hb.Stop()
-	var lastSeen, lastSent uint64 = after, after
+	lastSeen, lastSent := after, after
 	for {
 		select {
 		case <-ctx.Done():

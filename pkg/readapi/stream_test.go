@@ -60,7 +60,7 @@ func openStream(t *testing.T, base, query, lastID string) *sseClient {
 		cancel()
 		t.Fatal(err)
 	}
-	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
 		b, _ := io.ReadAll(resp.Body)
 		cancel()
 		t.Fatalf("stream: %d %s", resp.StatusCode, b)

@@ -55,7 +55,7 @@ func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
+	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/metrics: %d", resp.StatusCode)
 	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
