@@ -14,8 +14,9 @@
 // redelivered after AckWait (longer than a probe and its publish), never
 // while another instance still works on them. Each instance also skips a
 // request for a device it is probing at that moment. Concurrency per
-// instance is bounded by [Config.Concurrency]: an instance fetches only as
-// many requests as it has free probe slots.
+// instance is bounded by [Config.Concurrency]: an instance takes a request
+// from its client buffer (at most Concurrency requests pulled ahead) only
+// when a probe slot is free.
 //
 // Probing ([Prober]): GET with [Config.Timeout] for the whole exchange
 // (connect, TLS, response headers), no keep-alive (every probe opens a fresh

@@ -51,8 +51,8 @@ type Config struct {
 	// Timeout bounds one probe: connect, TLS, redirects, response headers.
 	// Default 2s; at most 30s.
 	Timeout time.Duration
-	// Concurrency is the most probes this instance runs at once, and so the
-	// most requests it holds unacknowledged. Default 128.
+	// Concurrency is the most probes this instance runs at once; at most as
+	// many more requests wait in its client buffer. Default 128.
 	Concurrency int
 	// InsecureTLS skips certificate verification. Default false.
 	InsecureTLS bool
@@ -69,10 +69,6 @@ type Config struct {
 	// MaxAckPending caps the requests delivered and not yet acknowledged,
 	// over all instances (the consumer's setting). Default 10 000.
 	MaxAckPending int
-	// FetchWait is how long one pull waits for requests; it bounds how late
-	// a freed probe slot is offered again when the queue is idle, and how
-	// long Run takes to return. Default 1s.
-	FetchWait time.Duration
 	// QueueInterval is how often the queue-depth gauges are refreshed.
 	// Default 5s.
 	QueueInterval time.Duration
@@ -106,9 +102,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxAckPending == 0 {
 		c.MaxAckPending = 10_000
-	}
-	if c.FetchWait == 0 {
-		c.FetchWait = time.Second
 	}
 	if c.QueueInterval == 0 {
 		c.QueueInterval = 5 * time.Second
@@ -151,8 +144,8 @@ func (c *Config) validate() error {
 	if c.MaxAckPending < c.Concurrency {
 		errs = append(errs, fmt.Errorf("MaxAckPending (%d) must be at least Concurrency (%d)", c.MaxAckPending, c.Concurrency))
 	}
-	if c.FetchWait < 10*time.Millisecond || c.QueueInterval <= 0 {
-		errs = append(errs, errors.New("FetchWait must be at least 10ms and QueueInterval positive"))
+	if c.QueueInterval <= 0 {
+		errs = append(errs, errors.New("QueueInterval must be positive"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
@@ -228,9 +221,9 @@ func (p *Pinger) ensureConsumer(ctx context.Context) (jetstream.Consumer, error)
 
 // Run pulls probe requests and probes until ctx ends, then waits for the
 // probes in flight to publish their results (each bounded by Timeout +
-// PublishTimeout) and returns nil. Requests fetched after ctx ended are
-// handed back (nak) for another instance. It returns an error only when it
-// is already running.
+// PublishTimeout) and returns nil. Requests buffered but not started when
+// ctx ends are handed back (nak) for another instance. It returns an error
+// only when it is already running.
 func (p *Pinger) Run(ctx context.Context) error {
 	if !p.running.CompareAndSwap(false, true) {
 		return errors.New("pinger: Run is already running")
@@ -262,44 +255,58 @@ func (p *Pinger) Run(ctx context.Context) error {
 	defer wg.Wait()
 
 	sem := make(chan struct{}, p.cfg.Concurrency)
-	release := func(n int) {
-		for range n {
-			<-sem
-		}
-	}
 	backoff = 100 * time.Millisecond
+	var it jetstream.MessagesContext
+	defer func() {
+		if it != nil {
+			p.handBack(it)
+		}
+	}()
 	for {
-		// Hold one free slot, then take every other free one: fetch only
-		// as many requests as can be probed now, so none waits here while
-		// its AckWait runs.
+		if it == nil {
+			var err error
+			// The client buffers at most Concurrency requests beyond those
+			// being probed; each waits there at most until a probe slot
+			// frees (one probe), far less than AckWait.
+			if it, err = cons.Messages(jetstream.PullMaxMessages(p.cfg.Concurrency)); err != nil {
+				it = nil
+				p.m.errors.WithLabelValues("fetch").Inc()
+				p.log.Warn("pulling probe requests failed; retrying", slog.Any("err", err))
+				if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+					if c, err := p.ensureConsumer(ctx); err == nil {
+						cons = c
+					}
+				}
+				if !sleep(ctx, backoff) {
+					return nil
+				}
+				backoff = min(backoff*2, 5*time.Second)
+				continue
+			}
+			backoff = 100 * time.Millisecond
+		}
+		// Take a request only when a probe slot is free.
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			return nil
 		}
-		n := 1
-	more:
-		for n < p.cfg.Concurrency {
-			select {
-			case sem <- struct{}{}:
-				n++
-			default:
-				break more
-			}
-		}
-		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(p.cfg.FetchWait))
+		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			release(n)
+			<-sem
 			if ctx.Err() != nil {
 				return nil
 			}
-			p.m.errors.WithLabelValues("fetch").Inc()
-			p.log.Warn("fetching probe requests failed", slog.Any("err", err))
-			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+				errors.Is(err, jetstream.ErrConsumerNotFound) {
+				it.Stop()
+				it = nil
 				if c, err := p.ensureConsumer(ctx); err == nil {
 					cons = c
 				}
 			}
+			p.m.errors.WithLabelValues("fetch").Inc()
+			p.log.Warn("pulling probe requests failed", slog.Any("err", err))
 			if !sleep(ctx, backoff) {
 				return nil
 			}
@@ -307,26 +314,25 @@ func (p *Pinger) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		got := 0
-		for msg := range batch.Messages() {
-			got++
-			if ctx.Err() != nil {
-				_ = msg.Nak() // stopping: let another instance take it now
-				<-sem
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				p.handle(msg)
-			}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			p.handle(msg)
+		}()
+	}
+}
+
+// handBack stops pulling and returns the requests buffered in the client
+// (nak), so another instance takes them at once instead of after AckWait.
+func (p *Pinger) handBack(it jetstream.MessagesContext) {
+	it.Drain()
+	for {
+		msg, err := it.Next(jetstream.NextMaxWait(200 * time.Millisecond))
+		if err != nil {
+			return
 		}
-		release(n - got)
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil &&
-			!errors.Is(err, jetstream.ErrNoHeartbeat) {
-			p.log.Debug("probe request batch ended", slog.Any("err", err))
-		}
+		_ = msg.Nak()
 	}
 }
 
