@@ -272,17 +272,19 @@ function fleetView(params) {
       h('div', { class: 'when' }, when(t.at), ' · ', t.reason));
   }
 
-  let sumTimer = null;
+  // At a high transition rate the page redraws the counts once per frame
+  // and re-reads the summary at most every 3 s (a throttle, not a debounce:
+  // a busy fleet must not postpone it forever).
+  let sumTimer = null, frame = 0;
   v.onTransition = (t) => {
     // Counts move at once; a full summary read corrects them shortly after.
     if (v.summary) {
       const adj = (c) => { if (c[t.from] !== undefined) c[t.from]--; if (c[t.to] !== undefined) c[t.to]++; };
       adj(v.summary);
       if (v.summary.groups[t.group]) adj(v.summary.groups[t.group]);
-      renderCards();
+      if (!frame) frame = requestAnimationFrame(() => { frame = 0; renderCards(); });
     }
-    clearTimeout(sumTimer);
-    sumTimer = setTimeout(loadSummary, 3000);
+    if (!sumTimer) sumTimer = setTimeout(() => { sumTimer = null; if (S.view === v) loadSummary(); }, 3000);
     feed.prepend(feedItem(t));
     while (feed.children.length > 30) feed.lastChild.remove();
     const tr = v.rows.get(t.device);
