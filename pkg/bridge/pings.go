@@ -33,7 +33,7 @@ type pingItemResult struct {
 	// Status is the HTTP status the single endpoint would have answered:
 	// 202 accepted, 400 invalid, 404 unknown or decommissioned device, 503
 	// not recorded (retry this item).
-	Status int                 `json:"status"`
+	Status int                `json:"status"`
 	Error  *httpx.ErrorDetail `json:"error,omitempty"`
 }
 
@@ -148,16 +148,18 @@ func (b *Bridge) handlePings(w http.ResponseWriter, r *http.Request) {
 			jetstream.WithMsgID(p.in.ID), jetstream.WithExpectStream(events.InputStream))
 	}
 	for k, p := range toPublish {
-		ok := false
+		err := errors.New("not published (NATS disconnected or publish refused)")
 		if f := futures[k]; f != nil {
 			select {
 			case <-f.Ok():
-				ok = true
-			case <-f.Err():
+				err = nil
+			case err = <-f.Err():
 			case <-ctx.Done():
+				err = ctx.Err()
 			}
 		}
-		if !ok {
+		if err != nil {
+			b.log.Debug("bridge: ping result of a batch not acknowledged", "device", p.in.Device, "err", err)
 			b.m.publishErrors.WithLabelValues(string(events.TypePingResult)).Inc()
 			refuse(p.i, http.StatusServiceUnavailable, httpx.CodeUnavailable, "the event bus is unavailable; retry this result later")
 			continue

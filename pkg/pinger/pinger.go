@@ -121,10 +121,10 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	if c.Bus == nil || c.Bus.JS == nil {
-		errs = append(errs, errors.New("Bus is required"))
+		errs = append(errs, errors.New("a bus (Bus) is required"))
 	}
 	if c.Registry == nil {
-		errs = append(errs, errors.New("Registry is required"))
+		errs = append(errs, errors.New("a registry (Registry) is required"))
 	}
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, err)

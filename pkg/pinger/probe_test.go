@@ -70,8 +70,7 @@ func TestProbeOutcomes(t *testing.T) {
 	slow := newCounted(t, hang)
 	other := newCounted(t, status(200))
 	_, otherPort, _ := net.SplitHostPort(other.Listener.Addr().String())
-	var redir *counted
-	redir = newCounted(t, func(w http.ResponseWriter, r *http.Request) {
+	redir := newCounted(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/same":
 			http.Redirect(w, r, "/ok", http.StatusFound)
@@ -81,7 +80,7 @@ func TestProbeOutcomes(t *testing.T) {
 		case "/loop":
 			http.Redirect(w, r, "/loop", http.StatusFound)
 		case "/ok":
-			w.WriteHeader(200)
+			w.WriteHeader(http.StatusOK)
 		}
 	})
 	tlsSrv := httptest.NewUnstartedServer(status(200))

@@ -147,7 +147,7 @@ func TestControlRefusesResolvedAddress(t *testing.T) {
 		tr := &http.Transport{Proxy: nil, DisableKeepAlives: true,
 			DialContext: (&net.Dialer{Timeout: 2 * time.Second, Control: p.Control}).DialContext}
 		defer tr.CloseIdleConnections()
-		req, _ := http.NewRequestWithContext(context.Background(), "GET", "http://localhost:"+port+"/", nil)
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://localhost:"+port+"/", nil)
 		resp, err := (&http.Client{Transport: tr}).Do(req)
 		if err == nil {
 			resp.Body.Close()

@@ -12,7 +12,8 @@ import (
 // limit, probepolicy.MaxURLLen).
 const MaxProbeURLLen = 2048
 
-// ErrInvalidProbeURL: a probe URL longer than [MaxProbeURLLen]. The registry
+// ErrInvalidProbeURL is returned for a probe URL longer than
+// [MaxProbeURLLen]. The registry
 // does not apply the probe policy: callers (the bridge) check URLs with
 // probepolicy.Policy.CheckURL and store the normalised form.
 var ErrInvalidProbeURL = errors.New("registry: invalid probe URL")

@@ -202,15 +202,15 @@ func TestPingServiceEndToEnd(t *testing.T) {
 		disconnectAfter = 12 * time.Second
 	)
 	th := worker.Thresholds{Default: statemachine.Thresholds{OfflineAfter: offlineAfter, DisconnectAfter: disconnectAfter, PingIgnoreWithin: 2 * time.Second}}
-	answers := newDeviceServer(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) })
+	answers := newDeviceServer(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	hangs := newDeviceServer(t, func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 		case <-time.After(10 * time.Second):
 		}
 	})
-	fails := newDeviceServer(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) })
-	steadySrv := newDeviceServer(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) })
+	fails := newDeviceServer(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusInternalServerError) })
+	steadySrv := newDeviceServer(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
