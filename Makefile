@@ -23,7 +23,7 @@ GOLANGCI_LINT         ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/gola
 # Go files of the repository: tracked and new-but-not-ignored (skips ./data, ./.pgdata, ./bin).
 GO_FILES = git ls-files -co --exclude-standard -- '*.go' | while IFS= read -r f; do [ -f "$$f" ] && printf '%s\n' "$$f"; done
 
-.PHONY: help run build migrate test test-race test-short bench fuzz lint fmt pg-start pg-stop pg-status nats-up nats-down clean
+.PHONY: help run build migrate test test-replay test-race test-short bench fuzz lint fmt pg-start pg-stop pg-status nats-up nats-down clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -44,9 +44,13 @@ build: ## build every binary of cmd/ into ./bin
 migrate: ## apply the Postgres schema (devstatus migrate) to DATABASE_URL or the local Postgres
 	deploy/with-pg.sh $(GO) run ./cmd/devstatus migrate
 
-test: ## race tests against the test Postgres (started when DATABASE_URL is unset), then every fuzz target for TEST_FUZZTIME
+test: ## race tests against the test Postgres (started when DATABASE_URL is unset), the trace replays without -race, then every fuzz target for TEST_FUZZTIME
 	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	@$(MAKE) --no-print-directory test-replay
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+test-replay: ## the whole-day virtual-time replay and the live HTTP replay of the Grid'5000 trace, without -race (too slow under it)
+	deploy/with-pg.sh --test $(GO) test -count=1 -timeout 30m -run 'TestReplayTrace' -v ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|replay_test.go'; exit $${PIPESTATUS[0]}
 
 test-race: ## race tests only (no fuzz)
 	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
