@@ -310,7 +310,9 @@ func TestPingServiceEndToEnd(t *testing.T) {
 	if dev["last_ping_ok"] != true || dev["last_ping_at"] == nil {
 		t.Errorf("answers: last_ping_ok %v, last_ping_at %v", dev["last_ping_ok"], dev["last_ping_at"])
 	}
-	t.Logf("answers: reason %q", dev["reason"])
+	if r, _ := dev["reason"].(string); !strings.HasSuffix(r, "answers probes") {
+		t.Errorf("answers: reason %q does not say the device answers probes", r)
+	}
 	if n := answers.hits.Load(); n < int64(disconnectAfter/time.Second)/2 {
 		t.Errorf("the answering device was probed %d times", n)
 	}

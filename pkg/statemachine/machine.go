@@ -250,8 +250,11 @@ func (m *Machine) timeouts(ctx context.Context, d *Device, th Thresholds, now, o
 	var err error
 	if d.Status == Connected && now-d.LastHeartbeat > int64(th.OfflineAfter) {
 		silence := time.Duration(observed - d.LastHeartbeat).Truncate(time.Second)
-		out, err = m.change(ctx, d, evHeartbeatTimeout, events.ReasonHeartbeatTimeout,
-			fmt.Sprintf("no heartbeat for %s (offline_after %s)", fmtDur(silence), fmtDur(th.OfflineAfter)),
+		reason := fmt.Sprintf("no heartbeat for %s (offline_after %s)", fmtDur(silence), fmtDur(th.OfflineAfter))
+		if d.LastPingOK && d.LastPing > d.LastHeartbeat {
+			reason += "; answers probes"
+		}
+		out, err = m.change(ctx, d, evHeartbeatTimeout, events.ReasonHeartbeatTimeout, reason,
 			d.LastHeartbeat+int64(th.OfflineAfter), observed, out)
 		if err != nil {
 			return out, err
@@ -326,7 +329,7 @@ func (m *Machine) Apply(ctx context.Context, d *Device, th Thresholds, in Input,
 		if c == 0 || c > in.At {
 			c = in.At
 		}
-		if d.LastHeartbeat == 0 || c-d.LastHeartbeat < int64(th.PingIgnoreWithin) || c <= d.LastPing {
+		if PingIgnored(d, th, in) != "" {
 			return out, nil
 		}
 		d.LastPing, d.LastPingOK = c, in.Kind == KindPingOK
@@ -351,6 +354,38 @@ func (m *Machine) Apply(ctx context.Context, d *Device, th Thresholds, in Input,
 			fmt.Sprintf("answers probes but sent no heartbeat for %s", age), c, in.At, out)
 	}
 	return out, fmt.Errorf("statemachine: unknown input kind %d", in.Kind)
+}
+
+// Reasons a ping result is ignored, as returned by [PingIgnored].
+const (
+	PingNoHeartbeat    = "ping_no_heartbeat"
+	PingHeartbeatFresh = "ping_heartbeat_fresh"
+	PingNotNewer       = "ping_not_newer"
+)
+
+// PingIgnored says why [Machine.Apply] ignores the ping result in (judged
+// at its checked_at, clamped to its receive time): the device has never sent
+// a heartbeat, its last heartbeat is younger than ping_ignore_within at
+// checked_at (a failure observed before the newest heartbeat included), or a
+// newer ping result was already considered. It returns "" when the result
+// counts, and for inputs that are not ping results.
+func PingIgnored(d *Device, th Thresholds, in Input) string {
+	if in.Kind != KindPingOK && in.Kind != KindPingFailed {
+		return ""
+	}
+	c := in.CheckedAt
+	if c == 0 || c > in.At {
+		c = in.At
+	}
+	switch {
+	case d.LastHeartbeat == 0:
+		return PingNoHeartbeat
+	case c-d.LastHeartbeat < int64(th.PingIgnoreWithin):
+		return PingHeartbeatFresh
+	case c <= d.LastPing:
+		return PingNotNewer
+	}
+	return ""
 }
 
 // fmtDur prints whole seconds as "41s", "5m0s".

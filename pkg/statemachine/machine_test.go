@@ -268,3 +268,32 @@ func BenchmarkApplyTransition(b *testing.B) {
 		out, _ = m.Apply(ctx, &d, DefaultThresholds, tick(41), out[:0])
 	}
 }
+
+func TestPingIgnoredReasons(t *testing.T) {
+	th := DefaultThresholds
+	d := Device{}
+	if r := PingIgnored(&d, th, pingFail(10, 10)); r != PingNoHeartbeat {
+		t.Errorf("never heard: %q", r)
+	}
+	d = Device{Status: Connected, LastHeartbeat: s(0), LastLiveness: s(0)}
+	if r := PingIgnored(&d, th, pingFail(29, 29)); r != PingHeartbeatFresh {
+		t.Errorf("fresh: %q", r)
+	}
+	if r := PingIgnored(&d, th, pingFail(31, 31)); r != "" {
+		t.Errorf("stale: %q", r)
+	}
+	d.LastPing = s(40)
+	if r := PingIgnored(&d, th, pingOK(35, 45)); r != PingNotNewer {
+		t.Errorf("older: %q", r)
+	}
+	if r := PingIgnored(&d, th, hb(50)); r != "" {
+		t.Errorf("heartbeat: %q", r)
+	}
+}
+
+func TestTimeoutReasonSaysDeviceAnswersProbes(t *testing.T) {
+	_, got := run(t, DefaultThresholds, []Input{hb(0), pingOK(35, 35), tick(41)})
+	if len(got) != 2 || !strings.HasSuffix(got[1].Reason, "; answers probes") {
+		t.Fatalf("got %v %q", show(got), got[len(got)-1].Reason)
+	}
+}

@@ -300,6 +300,7 @@ func (s *partition) applyAll(seq uint64, in *events.Input, out []events.StatusCh
 		}
 		d := &s.devs[i]
 		before := d.LastHeartbeat
+		res.Ignored = statemachine.PingIgnored(d, s.groupTh[d.Group], mi)
 		var err error
 		s.scratch, err = s.m.Apply(ctx, d, s.groupTh[d.Group], mi, s.scratch[:0])
 		if err != nil {

@@ -243,3 +243,73 @@ func TestFailoverAfterCrash(t *testing.T) {
 		seen[tr.ID] = true
 	}
 }
+
+// Scenario 8 (a stalled consumer after a broker restart): the NATS server
+// restarts under a running worker; the worker's consumer recovers by itself
+// and heartbeats published after the restart are applied.
+func TestWorkerSurvivesServerRestart(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: dir, ListenAddr: "127.0.0.1:-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.ClientURL()
+	addr := strings.TrimPrefix(url, "nats://")
+	b, err := bus.Open(context.Background(), bus.Config{URL: url, Partitions: 2, Logger: testenv.Logger(t), LeaseTTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	p := &pub{t: t, b: b}
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	p.register("A", "", t0)
+	p.heartbeat("A", t0)
+	stop := startWorker(t, b, "w", 3*time.Second)
+	defer stop()
+	transitions(t, b, 1)
+
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	srv, err = bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: dir, ListenAddr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	deadline := time.Now().Add(10 * time.Second)
+	for !b.NC.IsConnected() {
+		if time.Now().After(deadline) {
+			t.Fatal("client did not reconnect")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.tick(t0.Add(41 * time.Second))
+	p.heartbeat("A", t0.Add(60*time.Second))
+	got := transitions(t, b, 3)
+	want := "A:connected>temporarily_offline@40s A:registered>connected@0s A:temporarily_offline>connected@1m0s"
+	if s := summarize(got, t0); strings.Join(s, " ") != want {
+		t.Fatalf("after restart: %v", s)
+	}
+}
+
+// Scenario 9 for the worker: an input it cannot decode is logged, counted
+// and skipped; the device behind it in the same partition is processed.
+func TestWorkerSkipsMalformedInput(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{Partitions: 1})
+	p := &pub{t: t, b: b}
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	p.register("A", "", t0)
+	p.register("B", "", t0)
+	if _, err := b.JS.Publish(context.Background(), events.DeviceSubject("A", 1), []byte(`{"v":1,"type":"heartbeat","device":"A","at":"not a time"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.JS.Publish(context.Background(), events.DeviceSubject("A", 1), []byte("\x00\xff garbage")); err != nil {
+		t.Fatal(err)
+	}
+	p.heartbeat("B", t0)
+	stop := startWorker(t, b, "w", 3*time.Second)
+	defer stop()
+	got := transitions(t, b, 1)
+	if len(got) != 1 || got[0].Device != "B" {
+		t.Fatalf("got %v", summarize(got, t0))
+	}
+}
