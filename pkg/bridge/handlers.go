@@ -196,6 +196,11 @@ func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteRetryAfter(w, http.StatusTooManyRequests, httpx.CodeRateLimited, "too many heartbeats for this device", wait)
 		return
 	}
+	// The status this heartbeat is answered with, and its comeback candidate,
+	// are read before it is published: once published, the worker may decide
+	// (and the feed deliver) its → connected before the answer is written,
+	// and the comeback would be lost.
+	status, offlineSeq := b.status.forHeartbeat(id)
 	in := &events.Input{Type: events.TypeHeartbeat, ID: "hb-" + nuid.Next(), Device: id, At: now,
 		Heartbeat: &events.Heartbeat{DeviceTime: hb.DeviceTime, Metrics: hb.Metrics}}
 	// The Nats-Msg-Id is the device's rate window (shared guard across bridge
@@ -226,7 +231,6 @@ func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 
 	resp := heartbeatResponse{RemoteControlEnabled: ent.RemoteControlEnabled,
 		HeartbeatIntervalS: int(b.cfg.HeartbeatInterval / time.Second)}
-	status, offlineSeq := b.status.forHeartbeat(id)
 	resp.Status = string(status)
 	resp.ShouldReconnect = b.deliver(r.Context(), id, ent, offlineSeq)
 	httpx.WriteJSON(w, http.StatusOK, resp)
