@@ -60,7 +60,7 @@ func TestHeartbeatAuth(t *testing.T) {
 	before := len(e.inputEvents())
 	bodies := map[int][]byte{}
 	for _, c := range cases {
-		req, _ := http.NewRequest("POST", e.srv.URL+devPath(c.id, "/heartbeat"), nil)
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+devPath(c.id, "/heartbeat"), nil)
 		switch {
 		case c.auth == "":
 		case strings.HasPrefix(c.auth, "="):
@@ -100,14 +100,14 @@ func TestHeartbeatAuth(t *testing.T) {
 	// The right token, any case of the scheme: accepted (budget intact).
 	for i, scheme := range []string{"Bearer ", "bearer ", "BEARER "} {
 		e.clk.Advance(10 * time.Second)
-		req, _ := http.NewRequest("POST", e.srv.URL+devPath("d1", "/heartbeat"), nil)
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+devPath("d1", "/heartbeat"), nil)
 		req.Header.Set("Authorization", scheme+tok)
 		resp, err := e.srv.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if resp.StatusCode != 200 {
+		if resp.StatusCode != http.StatusOK {
 			t.Errorf("#%d %q: %d", i, scheme, resp.StatusCode)
 		}
 	}

@@ -28,7 +28,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := int(n.Add(1)) % devices
-			req, _ := http.NewRequest("POST", e.srv.URL+devPath(fmt.Sprintf("bench-%d", i), "/heartbeat"), strings.NewReader(body))
+			req, _ := http.NewRequest(http.MethodPost, e.srv.URL+devPath(fmt.Sprintf("bench-%d", i), "/heartbeat"), strings.NewReader(body))
 			req.Header.Set("Authorization", "Bearer "+toks[i])
 			req.Header.Set("Content-Type", "application/json")
 			resp, err := client.Do(req)
@@ -38,7 +38,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 			}
 			_, _ = io.Copy(io.Discard, resp.Body) // so that the connection is reused
 			resp.Body.Close()
-			if resp.StatusCode != 200 {
+			if resp.StatusCode != http.StatusOK {
 				b.Errorf("status %d", resp.StatusCode)
 				return
 			}

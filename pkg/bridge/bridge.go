@@ -119,10 +119,10 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	if c.Bus == nil || c.Bus.NC == nil || c.Bus.JS == nil {
-		errs = append(errs, errors.New("Bus is required"))
+		errs = append(errs, errors.New("missing Bus"))
 	}
 	if c.Registry == nil {
-		errs = append(errs, errors.New("Registry is required"))
+		errs = append(errs, errors.New("missing Registry"))
 	}
 	if c.AdminToken == "" {
 		errs = append(errs, errors.New("AdminToken is required"))

@@ -304,7 +304,7 @@ func TestRateLimitConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			req, _ := http.NewRequest("POST", e.srv.URL+devPath("d", "/heartbeat"), strings.NewReader(`{"metrics":{"n":1}}`))
+			req, _ := http.NewRequest(http.MethodPost, e.srv.URL+devPath("d", "/heartbeat"), strings.NewReader(`{"metrics":{"n":1}}`))
 			req.Header.Set("Authorization", "Bearer "+tok)
 			req.Header.Set("Content-Type", "application/json")
 			resp, err := e.srv.Client().Do(req)

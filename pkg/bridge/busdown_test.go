@@ -72,7 +72,7 @@ func TestBusStopMidRun(t *testing.T) {
 			defer wg.Done()
 			for n := 0; !stop.Load(); n++ {
 				a := answer{device: d, n: n, startPh: phase.Load()}
-				req, _ := http.NewRequest("POST", e.srv.URL+devPath(fmt.Sprint("dev-", d), "/heartbeat"),
+				req, _ := http.NewRequest(http.MethodPost, e.srv.URL+devPath(fmt.Sprint("dev-", d), "/heartbeat"),
 					strings.NewReader(fmt.Sprintf(`{"metrics":{"d":%d,"n":%d}}`, d, n)))
 				req.Header.Set("Authorization", "Bearer "+toks[d])
 				req.Header.Set("Content-Type", "application/json")

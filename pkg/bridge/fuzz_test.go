@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -32,7 +33,8 @@ func FuzzHeartbeatDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		hb, err := decodeHeartbeat(body, 8, 64)
 		if err != nil {
-			if _, ok := err.(*requestError); !ok {
+			var re *requestError
+			if !errors.As(err, &re) {
 				t.Fatalf("error of type %T: %v", err, err)
 			}
 			return
@@ -124,7 +126,8 @@ func FuzzPingDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		p, err := decodePing(body)
 		if err != nil {
-			if _, ok := err.(*requestError); !ok {
+			var re *requestError
+			if !errors.As(err, &re) {
 				t.Fatalf("error of type %T: %v", err, err)
 			}
 			return
@@ -172,7 +175,7 @@ func FuzzDeviceIDRoute(f *testing.F) {
 				got, reached = v, true
 			}
 		})
-		req := httptest.NewRequest("POST", "http://x"+devPath(id, "/heartbeat"), nil)
+		req := httptest.NewRequest(http.MethodPost, "http://x"+devPath(id, "/heartbeat"), nil)
 		rec := httptest.NewRecorder()
 		httpx.DeviceIDs(mux).ServeHTTP(rec, req)
 		valid := events.ValidateDeviceID(id) == nil

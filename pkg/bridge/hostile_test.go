@@ -192,7 +192,7 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp, err := rc.response(guard)
-		if err != nil || resp.StatusCode != 401 {
+		if err != nil || resp.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("%v %v", resp, err)
 		}
 		rc.closedByServer(guard) // the idle connection is closed after IdleTimeout
@@ -205,7 +205,7 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 	if err := rc.send(hbHead("dev", tok, 2) + "{}"); err != nil {
 		t.Fatal(err)
 	}
-	if resp, err := rc.response(guard); err != nil || resp.StatusCode != 200 {
+	if resp, err := rc.response(guard); err != nil || resp.StatusCode != http.StatusOK {
 		t.Errorf("normal heartbeat: %v %v", resp, err)
 	}
 }

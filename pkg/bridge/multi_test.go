@@ -92,7 +92,7 @@ func TestTwoBridgesConcurrent(t *testing.T) {
 			go func(x *env) {
 				defer wg.Done()
 				<-start
-				req, _ := http.NewRequest("POST", x.srv.URL+devPath("d", "/heartbeat"), nil)
+				req, _ := http.NewRequest(http.MethodPost, x.srv.URL+devPath("d", "/heartbeat"), nil)
 				req.Header.Set("Authorization", "Bearer "+tok)
 				resp, err := x.srv.Client().Do(req)
 				if err != nil {
@@ -282,7 +282,7 @@ func TestTwoBridgesReconnectConcurrent(t *testing.T) {
 			wg.Add(1)
 			go func(x *env) {
 				defer wg.Done()
-				req, _ := http.NewRequest("POST", x.srv.URL+devPath("d", "/heartbeat"), strings.NewReader(`{}`))
+				req, _ := http.NewRequest(http.MethodPost, x.srv.URL+devPath("d", "/heartbeat"), strings.NewReader(`{}`))
 				req.Header.Set("Authorization", "Bearer "+tok)
 				req.Header.Set("Content-Type", "application/json")
 				resp, err := x.srv.Client().Do(req)
@@ -293,7 +293,7 @@ func TestTwoBridgesReconnectConcurrent(t *testing.T) {
 				defer resp.Body.Close()
 				var m map[string]any
 				decodeReader(t, resp.Body, &m)
-				if resp.StatusCode != 200 {
+				if resp.StatusCode != http.StatusOK {
 					t.Errorf("%d %v", resp.StatusCode, m)
 				}
 				if m["should_reconnect"] == true {

@@ -165,7 +165,7 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	if c.Bus == nil || c.Bus.JS == nil || c.Bus.Devices == nil {
-		errs = append(errs, errors.New("Bus (with JS and Devices) is required"))
+		errs = append(errs, errors.New("missing Bus (with JS and Devices)"))
 	}
 	if c.CacheSize < 0 {
 		errs = append(errs, fmt.Errorf("CacheSize must be >= 0, got %d", c.CacheSize))
