@@ -28,7 +28,7 @@ import (
 // and the projection at full speed. Every node's transitions in Postgres
 // (from, to, reason code and time) and its final status must equal what the
 // oracle predicts from the trace: zero differences. Under the race detector
-// (about ten times slower) it replays the first three hours only; `make
+// (about ten times slower) it replays the first hour only; `make
 // test` runs the whole day in its non-race step.
 func TestReplayTraceVirtualTime(t *testing.T) {
 	if testing.Short() {
@@ -40,7 +40,7 @@ func TestReplayTraceVirtualTime(t *testing.T) {
 	}
 	w := trace.TestdataDayWindow()
 	if raceDetector {
-		w.To = w.From.Add(3 * time.Hour)
+		w.To = w.From.Add(time.Hour)
 	}
 	nodes := tr.Heartbeats(w, 30*time.Second)
 	if len(nodes) != 1288 {
