@@ -38,7 +38,15 @@ const window = time.Minute
 // RateMinInterval-long window of the bridge clock it falls in, so JetStream's
 // duplicate window refuses a second heartbeat of the same device in the same
 // window whichever instance sends it (PubAck.Duplicate → 429, nothing stored).
-// rebase then records the refusal locally.
+// rebase then records the refusal locally. Across instances this bounds a
+// device to one heartbeat per aligned window, so to at most
+// ceil(1 min / RateMinInterval) + 1 per rolling minute (7 with the defaults,
+// within RatePerMinute = 10); the exact spacing holds per instance (two
+// instances may accept 9.99 s and 10.00 s). The per-minute limit holds across
+// instances only when that bound is within it; with RateMinInterval off
+// there is no window at all: route by device id then. Cost: none measurable
+// (heartbeats always carried a Nats-Msg-Id); a KV compare-and-swap per
+// heartbeat would have added a round trip (docs/performance.md).
 //
 // Memory: only devices that heartbeated within the last max(RateMinInterval,
 // 1 minute) hold state; sweep drops the others, which is exact because their
