@@ -121,6 +121,8 @@ func newRoot(stdout, stderr io.Writer) *ffcli.Command {
 			replayLiveCommand(stdout, stderr),
 			replayVirtualCommand(stdout, stderr),
 			loadCommand(stdout, stderr),
+			baselineCommand(stdout, stderr),
+			waitWorkerCommand(stdout, stderr),
 			summaryCommand(stdout, stderr),
 			excerptCommand(stdout, stderr),
 		},
@@ -427,47 +429,6 @@ func streamPartitions(ctx context.Context, js jetstream.JetStream) (int, error) 
 		return 0, fmt.Errorf("input stream has no partition count in metadata %s; pass --partitions", events.MetaPartitions)
 	}
 	return n, nil
-}
-
-func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
-	fs := flag.NewFlagSet("devicesim load", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		hf  httpFlags
-		cfg sim.LoadConfig
-	)
-	hf.register(fs)
-	fs.IntVar(&cfg.Devices, "devices", 1000, "number of devices")
-	fs.DurationVar(&cfg.Interval, "interval", 30*time.Second, "heartbeat interval of each device (offered rate = devices/interval)")
-	fs.DurationVar(&cfg.Duration, "duration", time.Minute, "how long to send heartbeats")
-	fs.IntVar(&cfg.Concurrency, "concurrency", 256, "requests in flight at most")
-	fs.StringVar(&cfg.Prefix, "prefix", "", `device id prefix (default "load-<random>-")`)
-	return &ffcli.Command{
-		Name:       "load",
-		ShortUsage: "devicesim load --url URL --admin-token TOKEN [--devices N] [--interval I] [--duration D]",
-		ShortHelp:  "register N devices and heartbeat at interval I; report accepted/s and latency percentiles",
-		LongHelp: "A first load generator: one HTTP request per heartbeat, devices spread evenly over the interval. Intervals under\n" +
-			"the service's --rate-min-interval get 429s (counted and retried after Retry-After).\n" + envHelp,
-		FlagSet: fs,
-		Options: options(),
-		Exec: func(ctx context.Context, _ []string) error {
-			log, err := newLogger(stderr, hf.logLevel)
-			if err != nil {
-				return err
-			}
-			c, err := hf.client()
-			if err != nil {
-				return err
-			}
-			cfg.Logger = log
-			res, err := sim.Load(ctx, c, cfg)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(stdout, res)
-			return nil
-		},
-	}
 }
 
 func summaryCommand(stdout, stderr io.Writer) *ffcli.Command {

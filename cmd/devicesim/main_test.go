@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/devstatus/devstatus/internal/testenv"
 	"github.com/devstatus/devstatus/pkg/bus"
+	"github.com/devstatus/devstatus/pkg/sim"
 	"github.com/devstatus/devstatus/pkg/trace"
 )
 
@@ -104,10 +106,23 @@ func TestSimReportsMismatchesWithExitStatus1AndReadsEnv(t *testing.T) {
 }
 
 func TestLoadReportsRate(t *testing.T) {
-	srv, _ := fakeEdge(t)
-	code, out, stderr := runCLI(t, "load", "--url", srv.URL, "--admin-token", "x", "--devices", "20", "--interval", "100ms", "--duration", "500ms")
-	if code != exitOK || !strings.Contains(out, "accepted") || !strings.Contains(out, "p99=") {
+	srv, beats := fakeEdge(t)
+	base := httptest.NewServer(sim.BaselineHandler())
+	t.Cleanup(base.Close)
+	dir := t.TempDir()
+	code, out, stderr := runCLI(t, "load", "--url", srv.URL, "--admin-token", "x", "--devices", "50", "--baseline-url", base.URL,
+		"--rounds", "1", "--round-duration", "300ms", "--sustain-duration", "300ms", "--steady-duration", "0", "--concurrency", "4",
+		"--out", filepath.Join(dir, "r.json"), "--plot", filepath.Join(dir, "r.svg"), "--log-level", "warn")
+	if code != exitOK || !strings.Contains(out, "baseline/s") || !strings.Contains(out, "sustain") || beats.Load() == 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	var rep sim.LoadReport
+	b, err := os.ReadFile(filepath.Join(dir, "r.json"))
+	if err != nil || json.Unmarshal(b, &rep) != nil || len(rep.Rounds) != 1 || rep.Rounds[0].BaselinePerSec <= 0 || rep.Rounds[0].Ratio <= 0 {
+		t.Fatalf("report: %v\n%s", err, b)
+	}
+	if svg, err := os.ReadFile(filepath.Join(dir, "r.svg")); err != nil || !strings.HasPrefix(string(svg), "<svg") {
+		t.Fatalf("plot: %v", err)
 	}
 }
 

@@ -213,10 +213,12 @@ func (b *Bridge) Routes(mux *http.ServeMux) {
 	mux.HandleFunc(PatternHeartbeat, b.m.instrument("heartbeat", b.m.heartbeats, b.handleHeartbeat))
 	mux.HandleFunc(PatternPing, b.m.instrument("ping", b.m.pings, b.handlePing))
 	mux.HandleFunc(PatternPings, b.m.instrument("pings", nil, b.handlePings))
+	mux.HandleFunc(PatternGatewayHeartbeats, b.m.instrument("gateway_heartbeats", nil, b.handleGatewayHeartbeats))
 	admin := func(route string, h http.HandlerFunc) http.HandlerFunc {
 		return b.m.instrument(route, nil, httpx.RequireBearer(b.cfg.AdminToken, h).ServeHTTP)
 	}
 	mux.HandleFunc(PatternRegister, admin("register", b.handleRegister))
+	mux.HandleFunc(PatternGatewayRegister, admin("register_gateway", b.handleGatewayRegister))
 	mux.HandleFunc(PatternPatch, admin("patch", b.handlePatch))
 	mux.HandleFunc(PatternDelete, admin("decommission", b.handleDecommission))
 	mux.HandleFunc(PatternReconnect, admin("reconnect", b.handleReconnect))

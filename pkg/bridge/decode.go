@@ -213,6 +213,14 @@ func decodeHeartbeat(body []byte, maxMetrics, maxMetricBytes int) (heartbeatBody
 	if err != nil {
 		return hb, err
 	}
+	return decodeHeartbeatFields(f, maxMetrics, maxMetricBytes)
+}
+
+// decodeHeartbeatFields checks the fields of a heartbeat parsed by
+// parseObject (decodeHeartbeat; a gateway batch item, see gateway.go).
+func decodeHeartbeatFields(f map[string]json.RawMessage, maxMetrics, maxMetricBytes int) (heartbeatBody, error) {
+	var hb heartbeatBody
+	var err error
 	if hb.DeviceTime, err = parseTime("device_time", f["device_time"]); err != nil {
 		return hb, err
 	}

@@ -190,50 +190,98 @@ func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := b.cfg.Clock.Now().UTC()
-	tk, wait, ok := b.lim.allow(id, now)
+	a, wait, ok := b.admitHeartbeat(id, &hb, ent, now, "")
 	if !ok {
-		b.m.rateLimited.Inc()
 		httpx.WriteRetryAfter(w, http.StatusTooManyRequests, httpx.CodeRateLimited, "too many heartbeats for this device", wait)
 		return
 	}
-	// The status this heartbeat is answered with, and its comeback candidate,
-	// are read before it is published: once published, the worker may decide
-	// (and the feed deliver) its → connected before the answer is written,
-	// and the comeback would be lost.
-	status, offlineSeq := b.status.forHeartbeat(id)
+	ack, err := b.publishWithID(r.Context(), a.in, a.msgID)
+	out := b.settleHeartbeat(r.Context(), &a, ack, err, true)
+	switch out.status {
+	case http.StatusServiceUnavailable:
+		b.writeUnavailable(w, "the event bus is unavailable; retry later")
+	case http.StatusTooManyRequests:
+		httpx.WriteRetryAfter(w, http.StatusTooManyRequests, httpx.CodeRateLimited, "too many heartbeats for this device", out.retryAfter)
+	default:
+		httpx.WriteJSON(w, http.StatusOK, out.resp)
+	}
+}
+
+// admitted is a heartbeat that passed validation, authentication and the
+// rate limit and is ready to publish. The single endpoint and gateway
+// batches (gateway.go) share admitHeartbeat and settleHeartbeat, so that a
+// heartbeat is limited, published and answered alike whichever way it came.
+type admitted struct {
+	id       string
+	ent      registry.Entry
+	probeURL *string
+	now      time.Time
+	tk       ticket
+	in       *events.Input
+	// msgID is the Nats-Msg-Id: the device's rate window (shared guard
+	// across bridge instances, see limiter); the event keeps its own
+	// random id. windowEnd is the end of that window.
+	msgID     string
+	windowEnd time.Time
+}
+
+// admitHeartbeat applies the device's rate limit at now (the receive time)
+// and builds the event (via: the gateway id of a batch, "" for the single
+// endpoint). Refused: ok false and how long until one would be accepted.
+func (b *Bridge) admitHeartbeat(id string, hb *heartbeatBody, ent registry.Entry, now time.Time, via string) (admitted, time.Duration, bool) {
+	tk, wait, ok := b.lim.allow(id, now)
+	if !ok {
+		b.m.rateLimited.Inc()
+		return admitted{}, wait, false
+	}
 	in := &events.Input{Type: events.TypeHeartbeat, ID: "hb-" + nuid.Next(), Device: id, At: now,
-		Heartbeat: &events.Heartbeat{DeviceTime: hb.DeviceTime, Metrics: hb.Metrics}}
-	// The Nats-Msg-Id is the device's rate window (shared guard across bridge
-	// instances, see limiter); the event keeps its own random id.
+		Heartbeat: &events.Heartbeat{DeviceTime: hb.DeviceTime, Metrics: hb.Metrics, Via: via}}
 	msgID, windowEnd, windowed := b.lim.windowID(id, now)
 	if !windowed {
 		msgID = in.ID
 	}
-	ack, err := b.publishWithID(r.Context(), in, msgID)
+	return admitted{id: id, ent: ent, probeURL: hb.ProbeURL, now: now, tk: tk, in: in, msgID: msgID, windowEnd: windowEnd}, 0, true
+}
+
+// hbOutcome is the answer to one heartbeat: 200 with resp, 429 with
+// retryAfter, or 503.
+type hbOutcome struct {
+	status     int
+	resp       heartbeatResponse
+	retryAfter time.Duration
+}
+
+// settleHeartbeat completes an admitted heartbeat once its publish
+// returned (ack, or err when JetStream did not acknowledge it): a failed
+// publish gives the rate-limit slot back (503: nothing was stored); a
+// duplicate of the device's rate window means another bridge instance (or
+// an earlier attempt whose answer was lost) already stored a heartbeat of
+// the device in this window (429); otherwise the heartbeat is accepted and
+// the answer is built (status, should_reconnect).
+func (b *Bridge) settleHeartbeat(ctx context.Context, a *admitted, ack *jetstream.PubAck, err error, logFailure bool) hbOutcome {
 	if err != nil {
-		b.lim.cancel(tk)
-		b.log.Warn("bridge: heartbeat not acknowledged by JetStream", "device", id, "err", err)
-		b.writeUnavailable(w, "the event bus is unavailable; retry later")
-		return
+		b.lim.cancel(a.tk)
+		if logFailure {
+			b.log.Warn("bridge: heartbeat not acknowledged by JetStream", "device", a.id, "err", err)
+		}
+		return hbOutcome{status: http.StatusServiceUnavailable}
 	}
 	if ack.Duplicate {
-		// Another bridge instance (or an earlier attempt whose answer was
-		// lost) already stored a heartbeat of this device in this window.
-		b.lim.rebase(tk, windowEnd.Add(-b.cfg.RateMinInterval).UnixNano())
+		b.lim.rebase(a.tk, a.windowEnd.Add(-b.cfg.RateMinInterval).UnixNano())
 		b.m.rateLimited.Inc()
 		b.m.rateWindowRefused.Inc()
-		httpx.WriteRetryAfter(w, http.StatusTooManyRequests, httpx.CodeRateLimited, "too many heartbeats for this device", windowEnd.Sub(now))
-		return
+		return hbOutcome{status: http.StatusTooManyRequests, retryAfter: a.windowEnd.Sub(a.now)}
 	}
-	b.lastAccepted.Store(now.UnixNano())
-	b.storeProbeURL(r.Context(), id, hb.ProbeURL)
-	b.m.lastAccepted.Set(float64(now.UnixNano()) / 1e9)
+	b.lastAccepted.Store(a.now.UnixNano())
+	b.storeProbeURL(ctx, a.id, a.probeURL)
+	b.m.lastAccepted.Set(float64(a.now.UnixNano()) / 1e9)
 
-	resp := heartbeatResponse{RemoteControlEnabled: ent.RemoteControlEnabled,
+	resp := heartbeatResponse{RemoteControlEnabled: a.ent.RemoteControlEnabled,
 		HeartbeatIntervalS: int(b.cfg.HeartbeatInterval / time.Second)}
+	status, offlineSeq := b.status.forHeartbeat(a.id)
 	resp.Status = string(status)
-	resp.ShouldReconnect = b.deliver(r.Context(), id, ent, offlineSeq)
-	httpx.WriteJSON(w, http.StatusOK, resp)
+	resp.ShouldReconnect = b.deliver(ctx, a.id, a.ent, offlineSeq)
+	return hbOutcome{status: http.StatusOK, resp: resp}
 }
 
 // authFailure answers a failed device authentication (see

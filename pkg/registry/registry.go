@@ -593,6 +593,9 @@ type Entry struct {
 	Unlogged bool
 	// Revision is the KV revision the entry was read at.
 	Revision uint64
+	// Gateway is Device.Gateway: the gateway whose batches may carry this
+	// device's heartbeats ("" = none).
+	Gateway string
 }
 
 // NeedsDeliver tells the bridge whether a heartbeat of this device must call
@@ -608,7 +611,7 @@ func (e Entry) NeedsDeliver(offlineSeq uint64) bool {
 func entryOf(d *Device) (Entry, error) {
 	e := Entry{Group: d.Group, RemoteControlEnabled: d.RemoteControlEnabled,
 		PendingReconnect: d.PendingReconnect, Decommissioned: d.Decommissioned, ProbeURL: d.ProbeURL,
-		ComebackSeq: d.ComebackSeq, Unlogged: len(d.Unlogged) > 0, Revision: d.Revision}
+		ComebackSeq: d.ComebackSeq, Unlogged: len(d.Unlogged) > 0, Revision: d.Revision, Gateway: d.Gateway}
 	h, err := hex.DecodeString(d.TokenHash)
 	if err != nil || len(h) != sha256.Size {
 		return Entry{}, fmt.Errorf("registry: device %q has a malformed token hash", d.ID)

@@ -17,11 +17,16 @@
 //   - [ReplayLive] replays a window of the Grid'5000 trace over HTTP,
 //     time-compressed, and compares every node's final status with the
 //     oracle at a comparison time chosen away from every node's thresholds.
-//   - [Load] is a first load generator (heartbeats per second, latency
-//     percentiles).
+//   - [Load] is the load generator of `make bench`: single heartbeats and
+//     gateway batches over HTTP keep-alive, closed and open loops, the
+//     throughput as a ratio to a plain net/http handler ([BaselineHandler])
+//     driven the same way in the same run, latency percentiles, lag,
+//     detection latency, CPU and memory read from the service's /metrics
+//     (what a dashboard sees) and the host's /proc; a JSON report and an SVG
+//     plot ([LoadReport]).
 //
 // Every function takes a context, returns its outcome as a value ([Result],
-// [LiveResult], [LoadResult]) and never exits the process, so tests can call
+// [LiveResult], [LoadReport]) and never exits the process, so tests can call
 // it. What it must not do: reach into the service's internals (NATS, Postgres)
 // — it sees only what a device and a dashboard see — or decide what the
 // state machine should do by itself: expectations come from trace.Expect.

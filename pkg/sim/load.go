@@ -5,126 +5,569 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"net/http"
+	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// LoadConfig configures [Load].
+// NamedURL names a /metrics page of a process of the service under test
+// ("service", "worker").
+type NamedURL struct {
+	Name, URL string
+}
+
+// NamedPID names a process (and its descendants) whose CPU time the run
+// counts besides the service's own, e.g. the Postgres cluster's postmaster.
+type NamedPID struct {
+	Name string
+	PID  int
+}
+
+// LoadConfig configures [Load]. Zero values take the documented defaults.
+//
+// A run has phases, each optional, in this order:
+//
+//  1. registration of Devices single devices (plus Sentinels of them used
+//     for detection latency) and of GatewayDevices devices behind
+//     GatewayDevices/GatewayBatch gateways;
+//  2. Rounds rounds of a closed loop (Concurrency connections sending back
+//     to back) against the baseline — a plain net/http JSON handler — and
+//     then against the service, RoundDuration each, the service given time
+//     to drain its lag before each baseline round: the ratio of the two
+//     throughputs in one round survives a noisy machine;
+//  3. "sustain": an open loop of single heartbeats at SustainFraction of
+//     the median whole-chain throughput of the service rounds, for
+//     SustainDuration, to show whether the lag stays flat;
+//  4. "steady": an open loop at SteadyFraction of the sustained maximum
+//     (or SteadyRate) for SteadyDuration, during which the Sentinels stop
+//     one after another and the time until each one's timeout is visible
+//     in Postgres (through the read API's list, which reads Postgres) is
+//     the detection latency;
+//  5. "gateway-max": a closed loop of gateway batches for GatewayMaxDuration;
+//  6. "gateway": an open loop of gateway batches at GatewayRate heartbeats
+//     per second for GatewayDuration.
 type LoadConfig struct {
-	// Devices is the number of devices registered and driven. Default 1000.
+	// URL of the service, e.g. http://127.0.0.1:8080. Required.
+	URL string
+	// AdminToken registers the devices and gateways. Required.
+	AdminToken string
+	// Devices is the number of devices sending single heartbeats. Default
+	// 20 000. With the service's rate limit they must be at least the
+	// expected throughput × --rate-min-interval.
 	Devices int
-	// Interval is each device's heartbeat period; devices are spread evenly
-	// over it, so the offered rate is Devices/Interval. Default 30 s.
-	Interval time.Duration
-	// Duration is how long heartbeats are sent. Default 1 min.
-	Duration time.Duration
-	// Concurrency bounds the requests in flight. Default 256.
+	// GatewayDevices is the number of devices behind gateways (0: no gateway
+	// phases).
+	GatewayDevices int
+	// GatewayBatch is the devices per gateway, each gateway sending all of
+	// them in one request. Default 1000.
+	GatewayBatch int
+	// Concurrency is the connections of the single-heartbeat phases.
+	// Default 128.
 	Concurrency int
-	// RegisterConcurrency bounds the registrations in flight. Default 32.
+	// GatewayConcurrency is the connections of the gateway phases. Default 8.
+	GatewayConcurrency int
+	// RegisterConcurrency bounds the registrations in flight. Default 64.
 	RegisterConcurrency int
-	// Prefix starts every device id. Default "load-<8 random hex>-".
+	// Prefix starts every id. Default "ld-<8 random hex>-".
 	Prefix string
-	// Group of the devices. Default Prefix + "g".
-	Group string
+	// Timeout bounds one request. Default 10 s.
+	Timeout time.Duration
+
+	// Rounds of baseline and service closed loops. Default 3; negative: none.
+	Rounds int
+	// RoundDuration of each closed loop. Default 10 s.
+	RoundDuration time.Duration
+	// BaselineURL is a running baseline server; empty: BaselineCommand is
+	// started (and stopped) by the run.
+	BaselineURL string
+	// BaselineCommand starts a baseline server that prints "listening
+	// <host:port>" on its first line of stdout. Default: this executable
+	// with the arguments "baseline-server --addr 127.0.0.1:0".
+	BaselineCommand []string
+	// MaxDrain bounds the wait for the service's lag to drain after a
+	// service round. Default 20 s.
+	MaxDrain time.Duration
+
+	// SustainDuration of the open loop at the whole-chain maximum (0: skip).
+	SustainDuration time.Duration
+	// SustainFraction of the median whole-chain throughput of the rounds
+	// offered in the sustain phase. Default 1.0.
+	SustainFraction float64
+	// SteadyDuration of the open loop with detection (0: skip).
+	SteadyDuration time.Duration
+	// SteadyFraction of the sustained maximum offered in the steady phase.
+	// Default 0.7.
+	SteadyFraction float64
+	// SteadyRate, when > 0, is offered instead (heartbeats per second).
+	SteadyRate float64
+	// Sentinels among the single devices go silent during the steady phase
+	// for the detection latency. Default 200, at most 1000.
+	Sentinels int
+	// OfflineAfter is the service's --offline-after. Default 40 s.
+	OfflineAfter time.Duration
+
+	// GatewayMaxDuration of the gateway closed loop (0: skip).
+	GatewayMaxDuration time.Duration
+	// GatewayRate in heartbeats per second of the gateway open loop (0: skip).
+	GatewayRate float64
+	// GatewayDuration of the gateway open loop.
+	GatewayDuration time.Duration
+
+	// Metrics are the /metrics pages of the service's processes.
+	Metrics []NamedURL
+	// WorkerMetrics names the entry of Metrics that is the partition worker
+	// process, whose resident memory per tracked device is reported. Default
+	// "worker" if present, else the first.
+	WorkerMetrics string
+	// CPUPIDs are other processes whose CPU per heartbeat is reported (the
+	// Postgres cluster).
+	CPUPIDs []NamedPID
 	// Logger receives progress. Default: discard.
 	Logger *slog.Logger
 }
 
-// LoadResult is the outcome of [Load].
-type LoadResult struct {
-	Devices    int
-	Heartbeats HeartbeatStats
-	// Elapsed is the wall time of the heartbeat phase (registration excluded).
-	Elapsed time.Duration
-	// OfferedPerSec is Devices/Interval; AcceptedPerSec the accepted
-	// heartbeats per second of Elapsed.
-	OfferedPerSec, AcceptedPerSec float64
+func (c *LoadConfig) setDefaults() {
+	if c.Devices == 0 {
+		c.Devices = 20_000
+	}
+	if c.GatewayBatch == 0 {
+		c.GatewayBatch = 1000
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 128
+	}
+	if c.GatewayConcurrency <= 0 {
+		c.GatewayConcurrency = 8
+	}
+	if c.RegisterConcurrency <= 0 {
+		c.RegisterConcurrency = 64
+	}
+	if c.Prefix == "" {
+		c.Prefix = randomPrefix("ld")
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Rounds == 0 {
+		c.Rounds = 3
+	}
+	if c.RoundDuration == 0 {
+		c.RoundDuration = 10 * time.Second
+	}
+	if c.MaxDrain == 0 {
+		c.MaxDrain = 20 * time.Second
+	}
+	if c.SustainFraction == 0 {
+		c.SustainFraction = 1
+	}
+	if c.SteadyFraction == 0 {
+		c.SteadyFraction = 0.7
+	}
+	if c.Sentinels == 0 {
+		c.Sentinels = 200
+	}
+	if c.OfflineAfter == 0 {
+		c.OfflineAfter = 40 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.WorkerMetrics == "" && len(c.Metrics) > 0 {
+		c.WorkerMetrics = c.Metrics[0].Name
+		for _, m := range c.Metrics {
+			if m.Name == "worker" {
+				c.WorkerMetrics = "worker"
+			}
+		}
+	}
 }
 
-// String is a short report.
-func (r *LoadResult) String() string {
-	h := r.Heartbeats
-	return fmt.Sprintf("devices %d, offered %.1f/s, accepted %.1f/s over %s\nheartbeats: scheduled %d, sent %d, accepted %d, 429 %d, 503 %d, failed %d, max lateness %s\nlatency %s",
-		r.Devices, r.OfferedPerSec, r.AcceptedPerSec, r.Elapsed.Round(time.Millisecond),
-		h.Scheduled, h.Sent, h.Accepted, h.RateLimited, h.Unavailable, h.Failed, h.MaxLateness, h.Latency)
+func (c *LoadConfig) validate() error {
+	var errs []error
+	if c.URL == "" || c.AdminToken == "" {
+		errs = append(errs, errors.New("URL and AdminToken are required"))
+	}
+	if c.Devices < 0 || c.GatewayDevices < 0 || c.GatewayBatch < 1 || c.GatewayBatch > 1000 {
+		errs = append(errs, errors.New("devices must be >= 0 and the gateway batch in 1..1000"))
+	}
+	if c.Sentinels < 0 || c.Sentinels > 1000 || (c.SteadyDuration > 0 && c.Sentinels >= c.Devices) {
+		errs = append(errs, errors.New("sentinels must be in 0..1000 and fewer than the devices"))
+	}
+	if c.SteadyDuration > 0 && c.Sentinels > 0 && c.SteadyDuration < c.OfflineAfter+15*time.Second {
+		errs = append(errs, fmt.Errorf("the steady phase must last at least offline-after + 15s (%s) for the detection latency", c.OfflineAfter+15*time.Second))
+	}
+	if c.GatewayDevices > 0 && c.GatewayDevices%c.GatewayBatch != 0 {
+		errs = append(errs, errors.New("gateway devices must be a multiple of the gateway batch"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: load: %w", ErrInvalidConf, err)
+	}
+	return nil
 }
 
-// loadSource yields device i at (j·N + i)·I/N for round j: every device
-// once per interval, evenly spread, until the duration.
-type loadSource struct {
-	n        int
-	interval time.Duration
-	duration time.Duration
-	j        int64
+// loadRun is one run's state.
+type loadRun struct {
+	cfg   LoadConfig
+	log   *slog.Logger
+	start time.Time
+	hc    *http.Client
+
+	// single devices: ids, escaped heartbeat paths, tokens; the last
+	// cfg.Sentinels are the sentinels ("<prefix>s-<n>").
+	ids, paths, tokens []string
+	// gateways: ids, heartbeat paths, tokens and their devices' ids.
+	gwIDs, gwPaths, gwTokens []string
+	gwDevs                   [][]string
+
+	// per-second accounting
+	mu        sync.Mutex
+	series    []Sample
+	phaseName atomic.Pointer[string]
+	secHist   atomic.Pointer[hist]
+	accepted  atomic.Int64 // heartbeats accepted (cumulative)
+	requests  atomic.Int64
+	failures  atomic.Int64
+	lastProm  map[string]promSample
+	memStart  map[string]promSample
 }
 
-func (s *loadSource) next() (item, bool) {
-	at := time.Duration(s.j) * s.interval / time.Duration(s.n)
-	if at >= s.duration {
-		return item{}, false
-	}
-	it := item{at: at, dev: int32(s.j % int64(s.n))}
-	s.j++
-	return it, true
-}
-
-// Load registers Devices devices and sends heartbeats for Duration, each
-// device every Interval, and reports accepted heartbeats per second and
-// request latency percentiles. It is a first load generator: one HTTP
-// request per heartbeat (no gateway batches yet). A 429 or 503 is retried
-// after Retry-After within the run.
-func Load(ctx context.Context, c *Client, cfg LoadConfig) (*LoadResult, error) {
-	if cfg.Devices == 0 {
-		cfg.Devices = 1000
-	}
-	if cfg.Interval == 0 {
-		cfg.Interval = 30 * time.Second
-	}
-	if cfg.Duration == 0 {
-		cfg.Duration = time.Minute
-	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 256
-	}
-	if cfg.RegisterConcurrency <= 0 {
-		cfg.RegisterConcurrency = 32
-	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = randomPrefix("load")
-	}
-	if cfg.Group == "" {
-		cfg.Group = cfg.Prefix + "g"
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Devices < 0 || cfg.Interval < 0 || cfg.Duration < 0 {
-		return nil, fmt.Errorf("%w: load: devices, interval and duration must be positive", ErrInvalidConf)
-	}
-	ids := make([]string, cfg.Devices)
-	groups := make([]string, cfg.Devices)
-	for i := range ids {
-		ids[i], groups[i] = cfg.Prefix+"dev-"+strconv.Itoa(i), cfg.Group
-	}
-	tokens, err := registerAll(ctx, c, ids, groups, cfg.RegisterConcurrency, cfg.Logger)
-	if err != nil {
+// Load runs the phases of cfg against a running service and returns the
+// report. The service must run with thresholds matching cfg.OfflineAfter
+// and a rate limit that the schedule respects (see LoadConfig.Devices).
+func Load(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	src := &loadSource{n: cfg.Devices, interval: cfg.Interval, duration: cfg.Duration}
-	scheduled := int((int64(cfg.Duration)*int64(cfg.Devices) + int64(cfg.Interval) - 1) / int64(cfg.Interval))
-	rec := newRecorder(0)
+	r := &loadRun{cfg: cfg, log: cfg.Logger, hc: &http.Client{Timeout: 5 * time.Second}, lastProm: map[string]promSample{}}
+	r.secHist.Store(&hist{})
+	idle := "idle"
+	r.phaseName.Store(&idle)
+	rep := &LoadReport{Version: 1, Started: time.Now().UTC(), Config: reportConfig(&cfg), Host: hostInfo()}
+	r.start = time.Now()
+
+	sctx, stopSampler := context.WithCancel(ctx)
+	var samplerWG sync.WaitGroup
+	samplerWG.Go(func() { r.sample(sctx) })
+	defer func() { stopSampler(); samplerWG.Wait() }()
+
+	// Memory before anything is registered (the worker's empty footprint).
+	r.memStart = r.scrapeAll(ctx)
+
+	if err := r.register(ctx, rep); err != nil {
+		return nil, err
+	}
+	if err := r.rounds(ctx, rep); err != nil {
+		return rep, err
+	}
+	if err := r.singleOpen(ctx, rep); err != nil {
+		return rep, err
+	}
+	if err := r.gatewayPhases(ctx, rep); err != nil {
+		return rep, err
+	}
+	r.memory(ctx, rep)
+	r.setPhase("done")
+	stopSampler()
+	samplerWG.Wait()
+	r.mu.Lock()
+	rep.Series = slices.Clone(r.series)
+	r.mu.Unlock()
+	rep.Finished = time.Now().UTC()
+	rep.Host.LoadEnd = loadAvg()
+	rep.summarize()
+	return rep, nil
+}
+
+func (r *loadRun) setPhase(name string) { r.phaseName.Store(&name) }
+
+func (r *loadRun) since() float64 { return time.Since(r.start).Seconds() }
+
+// scrapeAll reads every metrics page once.
+func (r *loadRun) scrapeAll(ctx context.Context) map[string]promSample {
+	out := map[string]promSample{}
+	for _, m := range r.cfg.Metrics {
+		out[m.Name] = scrape(ctx, r.hc, m.URL)
+	}
+	return out
+}
+
+// sample records one Sample per second until ctx ends.
+func (r *loadRun) sample(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	prevAcc, prevReq, prevFail := int64(0), int64(0), int64(0)
+	prev := map[string]promSample{}
+	prevT := time.Now()
+	prevPID := map[string]float64{}
+	for _, p := range r.cfg.CPUPIDs {
+		prevPID[p.Name] = treeCPU(p.PID)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		dt := now.Sub(prevT).Seconds()
+		prevT = now
+		h := r.secHist.Swap(&hist{})
+		acc, req, fail := r.accepted.Load(), r.requests.Load(), r.failures.Load()
+		s := Sample{T: math.Round(now.Sub(r.start).Seconds()*10) / 10, Phase: *r.phaseName.Load(),
+			Accepted: float64(acc-prevAcc) / dt, Requests: float64(req-prevReq) / dt, Failures: float64(fail-prevFail) / dt,
+			Load1: loadAvg(), CPU: map[string]float64{}, RSSMiB: map[string]float64{}}
+		prevAcc, prevReq, prevFail = acc, req, fail
+		if h.count() > 0 {
+			ls := h.summary()
+			s.P50, s.P99 = ls.P50, ls.P99
+		}
+		cur := r.scrapeAll(ctx)
+		for name, ps := range cur {
+			if !ps.ok {
+				continue
+			}
+			s.ConsumerLag += ps.ConsumerLag
+			s.LivenessLag += ps.ProjLag["liveness"]
+			s.TransitionsLag += ps.ProjLag["transitions"]
+			s.LivenessLagSeconds = max(s.LivenessLagSeconds, ps.ProjLagSeconds["liveness"])
+			s.TransitionsLagSeconds = max(s.TransitionsLagSeconds, ps.ProjLagSeconds["transitions"])
+			s.Tracked += ps.Tracked
+			s.Goroutines += ps.Goroutines
+			if p, ok := prev[name]; ok && p.ok {
+				s.CPU[name] = (ps.CPUSeconds - p.CPUSeconds) / dt
+				s.WorkerEventsPerSec += (ps.WorkerEvents - p.WorkerEvents) / dt
+				s.ProjectedPerSec += (ps.ProjEvents["liveness"] - p.ProjEvents["liveness"]) / dt
+			}
+			s.RSSMiB[name] = ps.RSS / (1 << 20)
+		}
+		for _, p := range r.cfg.CPUPIDs {
+			c := treeCPU(p.PID)
+			s.CPU[p.Name] = (c - prevPID[p.Name]) / dt
+			prevPID[p.Name] = c
+			s.RSSMiB[p.Name] = processRSS(p.PID) / (1 << 20)
+		}
+		prev = cur
+		r.mu.Lock()
+		r.series = append(r.series, s)
+		r.lastProm = cur
+		r.mu.Unlock()
+	}
+}
+
+// counters is a snapshot of the cumulative counters a phase result is
+// computed from.
+type counters struct {
+	at       time.Time
+	accepted int64
+	cpu      map[string]float64 // process CPU seconds by name (metrics sources and pids)
+	worker   float64            // worker events applied
+	proj     float64            // liveness projection events
+}
+
+func (r *loadRun) counters(ctx context.Context) counters {
+	c := counters{at: time.Now(), accepted: r.accepted.Load(), cpu: map[string]float64{}}
+	for name, ps := range r.scrapeAll(ctx) {
+		if ps.ok {
+			c.cpu[name] = ps.CPUSeconds
+			c.worker += ps.WorkerEvents
+			c.proj += ps.ProjEvents["liveness"]
+		}
+	}
+	for _, p := range r.cfg.CPUPIDs {
+		c.cpu[p.Name] = treeCPU(p.PID)
+	}
+	return c
+}
+
+// lagNow is the current total lag (consumer + liveness projection), events.
+func (r *loadRun) lagNow(ctx context.Context) float64 {
+	var lag float64
+	for _, ps := range r.scrapeAll(ctx) {
+		lag += ps.ConsumerLag + ps.ProjLag["liveness"] + ps.ProjLag["transitions"]
+	}
+	return lag
+}
+
+// drain waits until the service's lag is small (or MaxDrain passed) and
+// returns how long it took.
+func (r *loadRun) drain(ctx context.Context) time.Duration {
 	start := time.Now()
-	end := start.Add(cfg.Duration)
-	dispatch(ctx, start, src, cfg.Concurrency, func(ctx context.Context, it item, due time.Time) {
-		rec.beat(ctx, c, -1, ids[it.dev], tokens[it.dev], due, end)
-	})
-	elapsed := time.Since(start)
-	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return nil, err
+	if len(r.cfg.Metrics) == 0 {
+		return 0
 	}
-	res := &LoadResult{Devices: cfg.Devices, Heartbeats: rec.stats(scheduled), Elapsed: elapsed,
-		OfferedPerSec: float64(cfg.Devices) / cfg.Interval.Seconds()}
-	res.AcceptedPerSec = float64(res.Heartbeats.Accepted) / elapsed.Seconds()
-	cfg.Logger.Info("load done", slog.Float64("accepted_per_s", res.AcceptedPerSec), slog.String("latency", res.Heartbeats.Latency.String()))
-	return res, nil
+	for time.Since(start) < r.cfg.MaxDrain && ctx.Err() == nil {
+		if r.lagNow(ctx) < 100 {
+			break
+		}
+		_ = sleepCtx(ctx, 250*time.Millisecond)
+	}
+	return time.Since(start)
 }
+
+// phaseResult turns two counter snapshots and a phase's stats into a result.
+func (r *loadRun) phaseResult(name, kind, mode string, offered float64, ps *phaseStats, a, b counters) PhaseResult {
+	secs := b.at.Sub(a.at).Seconds()
+	acc := float64(b.accepted - a.accepted)
+	res := PhaseResult{Name: name, Kind: kind, Mode: mode, Start: a.at.Sub(r.start).Seconds(), Seconds: secs,
+		OfferedPerSec: offered, AcceptedPerSec: acc / secs, RequestsPerSec: float64(ps.requests.Load()) / secs,
+		Latency: ps.hist.summary(), Accepted: int64(acc), RateLimited: ps.r429.Load(), Unavailable: ps.r503.Load(),
+		Failed: ps.failed.Load(), MaxLatenessMs: float64(ps.maxLate.Load()) / 1e6,
+		CPUPer1000: map[string]float64{}, CPUCores: map[string]float64{}}
+	if res.Latency.Count == 0 {
+		res.Latency = LatencySummary{}
+	}
+	var svc float64
+	for name, v := range b.cpu {
+		d := v - a.cpu[name]
+		res.CPUCores[name] = round3(d / secs)
+		if acc > 0 {
+			res.CPUPer1000[name] = round3(d / acc * 1000)
+		}
+		if !r.isPID(name) {
+			svc += d
+		}
+	}
+	if acc > 0 && len(r.cfg.Metrics) > 0 {
+		res.ServiceCPUPer1000 = round3(svc / acc * 1000)
+	}
+	if len(r.cfg.Metrics) > 0 {
+		res.WorkerPerSec = (b.worker - a.worker) / secs
+		res.ProjectedPerSec = (b.proj - a.proj) / secs
+		res.ChainPerSec = min(res.AcceptedPerSec, res.WorkerPerSec, res.ProjectedPerSec)
+	} else {
+		res.ChainPerSec = res.AcceptedPerSec
+	}
+	res.Lag = r.lagTrend(res.Start, res.Start+secs, res.AcceptedPerSec)
+	res.LoadAvg = loadAvg()
+	return res
+}
+
+func (r *loadRun) isPID(name string) bool {
+	for _, p := range r.cfg.CPUPIDs {
+		if p.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
+
+// lagTrend fits the total lag of the samples in the second half of [from,
+// to] (seconds since the start) and judges whether it grows.
+func (r *loadRun) lagTrend(from, to, rate float64) LagTrend {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var lt LagTrend
+	mid := (from + to) / 2
+	var xs, ys []float64
+	for _, s := range r.series {
+		if s.T < from || s.T > to {
+			continue
+		}
+		total := s.ConsumerLag + s.LivenessLag + s.TransitionsLag
+		lt.MaxEvents = max(lt.MaxEvents, total)
+		lt.MaxProjectionSeconds = max(lt.MaxProjectionSeconds, s.LivenessLagSeconds, s.TransitionsLagSeconds)
+		lt.EndEvents = total
+		lt.EndConsumer = s.ConsumerLag
+		lt.EndProjection = s.LivenessLag + s.TransitionsLag
+		lt.EndProjectionSeconds = max(s.LivenessLagSeconds, s.TransitionsLagSeconds)
+		if s.T >= mid {
+			xs, ys = append(xs, s.T), append(ys, total)
+		}
+	}
+	if len(xs) >= 3 {
+		lt.SlopePerSec = math.Round(slope(xs, ys)*10) / 10
+	}
+	// Growing: the backlog gains more than 1 % of the input rate per second
+	// and holds more than one second of input at the end.
+	lt.Growing = lt.SlopePerSec > max(0.01*rate, 10) && lt.EndEvents > rate
+	return lt
+}
+
+func slope(xs, ys []float64) float64 {
+	n := float64(len(xs))
+	var sx, sy, sxx, sxy float64
+	for i := range xs {
+		sx += xs[i]
+		sy += ys[i]
+		sxx += xs[i] * xs[i]
+		sxy += xs[i] * ys[i]
+	}
+	d := n*sxx - sx*sx
+	if d == 0 {
+		return 0
+	}
+	return (n*sxy - sx*sy) / d
+}
+
+// memory reports the worker's resident memory per tracked device.
+func (r *loadRun) memory(ctx context.Context, rep *LoadReport) {
+	name := r.cfg.WorkerMetrics
+	if name == "" {
+		return
+	}
+	before := r.memStart[name]
+	after := scrape(ctx, r.hc, r.metricsURL(name))
+	if !before.ok || !after.ok {
+		return
+	}
+	m := &MemoryResult{Process: name, TrackedBefore: before.Tracked, TrackedAfter: after.Tracked,
+		RSSBeforeMiB: before.RSS / (1 << 20), RSSAfterMiB: after.RSS / (1 << 20),
+		HeapBeforeMiB: before.HeapInuse / (1 << 20), HeapAfterMiB: after.HeapInuse / (1 << 20)}
+	if d := after.Tracked - before.Tracked; d > 0 {
+		m.RSSBytesPerDevice = math.Round((after.RSS - before.RSS) / d)
+		m.HeapBytesPerDevice = math.Round((after.HeapInuse - before.HeapInuse) / d)
+	}
+	rep.Memory = m
+}
+
+func (r *loadRun) metricsURL(name string) string {
+	for _, m := range r.cfg.Metrics {
+		if m.Name == name {
+			return m.URL
+		}
+	}
+	return ""
+}
+
+// phaseStats counts one phase's requests.
+type phaseStats struct {
+	hist                           hist
+	requests, r429, r503, failed   atomic.Int64
+	maxLate                        atomic.Int64 // ns
+	firstErrMu                     sync.Mutex
+	firstErr                       error
+	itemsAccepted, itemsRateLimits atomic.Int64
+}
+
+func (ps *phaseStats) fail(err error) {
+	ps.failed.Add(1)
+	ps.firstErrMu.Lock()
+	if ps.firstErr == nil {
+		ps.firstErr = err
+	}
+	ps.firstErrMu.Unlock()
+}
+
+func (ps *phaseStats) late(d time.Duration) {
+	for {
+		cur := ps.maxLate.Load()
+		if int64(d) <= cur || ps.maxLate.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
+}
+
+func (r *loadRun) record(ps *phaseStats, d time.Duration, accepted int64) {
+	ps.hist.add(d)
+	r.secHist.Load().add(d)
+	r.accepted.Add(accepted)
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# bench-e2e.sh — the end-to-end load run of `make bench` (short) and `make bench-full`.
+#
+# Builds devstatus and devicesim, starts a private Postgres (deploy/pg-local.sh, its own data
+# directory and port), a fresh devstatus with embedded JetStream (roles bridge, ticker, projector,
+# api) and, as a second process on the same machine, the partition worker (--roles worker over
+# NATS/TCP, so that its memory and restart can be measured alone), then runs `devicesim load`
+# (see `devicesim load -h`): baseline-vs-service rounds, sustain, steady with detection latency,
+# gateway phases. Results: $BENCH_OUT/<time>-<mode>/{report.json,report.txt,plot.svg,*.log},
+# and $BENCH_OUT/latest pointing at them.
+#
+# Environment:
+#   BENCH_MODE   short (default, < 5 min) | full (1 000 000 gateway devices, 10 min at 33 000/s,
+#                worker restart with 1 000 000 devices' state; ~25 min)
+#   BENCH_SYNC   default (default) | always (--sync always: fsync before every PubAck)
+#   BENCH_OUT    results directory (default ./data/bench)
+#   BENCH_DIR    scratch directory for Postgres and JetStream data (default /tmp/devstatus-bench)
+#   BENCH_PORT   first of the ports used (default 19180: HTTP; +1 worker HTTP; +2 NATS; +3 Postgres;
+#                +4/+5 pprof when BENCH_PPROF=1)
+#   BENCH_PPROF  1: build with -tags pprof and save 30 s CPU and allocation profiles of the service
+#                and the worker during the rounds (pprof endpoints on loopback)
+#   BENCH_ARGS   extra flags for devicesim load (override the mode's defaults)
+#   BENCH_LABEL  label of the run in the report
+# Everything this script starts is stopped when it exits (by pid).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+mode=${BENCH_MODE:-short}
+sync=${BENCH_SYNC:-default}
+port=${BENCH_PORT:-19180}
+http_port=$port worker_port=$((port + 1)) nats_port=$((port + 2)) pg_port=$((port + 3))
+pprof_svc=$((port + 4)) pprof_wrk=$((port + 5))
+scratch=${BENCH_DIR:-/tmp/devstatus-bench}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+outroot=${BENCH_OUT:-$root/data/bench}
+out=$outroot/$stamp-$mode-sync-$sync
+mkdir -p "$out" "$scratch"
+admin=bench-admin-$RANDOM$RANDOM
+
+note() { echo "bench: $*" >&2; }
+
+pids=()
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do
+		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+		kill -KILL "$p" 2>/dev/null || true
+	done
+}
+trap cleanup EXIT
+
+tags=()
+[[ ${BENCH_PPROF:-0} == 1 ]] && tags=(-tags pprof)
+note "building into $scratch/bin"
+go build "${tags[@]}" -o "$scratch/bin/" ./cmd/devstatus ./cmd/devicesim
+bin=$scratch/bin
+
+# Postgres: a private cluster, a fresh database per run.
+pgurl=$(deploy/pg-local.sh --data "$scratch/pg" --port "$pg_port" --db devstatus_bench start | tail -n1)
+pgurl=${pgurl#DATABASE_URL=}
+psql -q "${pgurl/devstatus_bench/postgres}" -c "DROP DATABASE IF EXISTS devstatus_bench WITH (FORCE)" -c "CREATE DATABASE devstatus_bench"
+pgpid=$(head -n1 "$scratch/pg/postmaster.pid")
+
+rm -rf "$scratch/data"
+common=(--offline-after 40s --disconnect-after 300s --tick 1s --log-level warn --sync "$sync")
+case $mode in
+short)
+	# Rate limit scaled to the short run's fleet (same limiter code path, shorter interval).
+	rate=(--rate-min-interval 1s --rate-per-minute 60)
+	load=(--devices 30000 --gateway-devices 100000 --rounds 3 --round-duration 10s --sustain-duration 20s
+		--steady-duration 60s --gateway-max-duration 20s --gateway-rate 33000 --gateway-duration 30s)
+	;;
+full)
+	rate=()
+	load=(--devices 200000 --gateway-devices 1000000 --rounds 3 --round-duration 20s --sustain-duration 60s
+		--steady-duration 90s --gateway-max-duration 30s --gateway-rate 33334 --gateway-duration 10m)
+	;;
+*) echo "bench: BENCH_MODE must be short or full" >&2; exit 2 ;;
+esac
+if [[ $sync == always ]]; then
+	# Durability mode: what gateway batches win back; single heartbeats are measured by the rounds.
+	load=(--devices 20000 --gateway-devices 300000 --rounds 2 --round-duration 10s --sustain-duration 0
+		--steady-duration 0 --gateway-max-duration 30s --gateway-rate 10000 --gateway-duration 60s)
+	[[ $mode == full ]] && load=(--devices 20000 --gateway-devices 300000 --rounds 3 --round-duration 15s
+		--sustain-duration 0 --steady-duration 0 --gateway-max-duration 60s --gateway-rate 10000 --gateway-duration 5m)
+	rate=(--rate-min-interval 1s --rate-per-minute 60)
+fi
+
+note "starting devstatus (bridge, ticker, projector, api; embedded JetStream in $scratch/data, sync $sync)"
+DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_svc DATABASE_URL=$pgurl "$bin/devstatus" serve --roles bridge,ticker,projector,api \
+	--http-addr "127.0.0.1:$http_port" --nats-listen "127.0.0.1:$nats_port" --data-dir "$scratch/data" \
+	--admin-token "$admin" --ping-token "$admin-ping" "${common[@]}" "${rate[@]}" >"$out/service.log" 2>&1 &
+svc=$!
+pids+=("$svc")
+for _ in $(seq 150); do
+	curl -fsS "127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
+	kill -0 "$svc" 2>/dev/null || { tail -20 "$out/service.log"; exit 1; }
+	sleep 0.2
+done
+
+start_worker() {
+	DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$bin/devstatus" serve --roles worker --nats-url "nats://127.0.0.1:$nats_port" \
+		--http-addr "127.0.0.1:$worker_port" --admin-token "$admin" --ping-token "$admin-ping" "${common[@]}" >>"$out/worker.log" 2>&1 &
+	wrk=$!
+	pids+=("$wrk")
+}
+note "starting the worker (second process, over NATS/TCP)"
+start_worker
+for _ in $(seq 150); do
+	curl -fsS "127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && curl -fsS "127.0.0.1:$worker_port/healthz" >/dev/null 2>&1 && break
+	sleep 0.2
+done
+
+if [[ ${BENCH_PPROF:-0} == 1 ]]; then
+	# Profiles during the first rounds: after registration, 30 s of CPU, then the allocations.
+	(
+		sleep "${BENCH_PPROF_DELAY:-25}"
+		curl -fsS -o "$out/service.cpu.pprof" "127.0.0.1:$pprof_svc/debug/pprof/profile?seconds=30" &
+		curl -fsS -o "$out/worker.cpu.pprof" "127.0.0.1:$pprof_wrk/debug/pprof/profile?seconds=30" &
+		wait
+		curl -fsS -o "$out/service.allocs.pprof" "127.0.0.1:$pprof_svc/debug/pprof/allocs"
+		curl -fsS -o "$out/worker.allocs.pprof" "127.0.0.1:$pprof_wrk/debug/pprof/allocs"
+		curl -fsS -o "$out/service.mutex.pprof" "127.0.0.1:$pprof_svc/debug/pprof/mutex"
+	) &
+	pids+=("$!")
+fi
+
+note "devicesim load ${load[*]} ${BENCH_ARGS:-}"
+# shellcheck disable=SC2086
+"$bin/devicesim" load --url "http://127.0.0.1:$http_port" --admin-token "$admin" --log-level info \
+	--metrics "service=http://127.0.0.1:$http_port/metrics" --metrics "worker=http://127.0.0.1:$worker_port/metrics" \
+	--cpu-pid "postgres=$pgpid" --label "${BENCH_LABEL:-$mode, sync $sync}" --extra "mode=\"$mode\"" --extra "sync=\"$sync\"" \
+	--out "$out/report.json" --plot "$out/plot.svg" "${load[@]}" ${BENCH_ARGS:-} | tee "$out/report.txt"
+
+if [[ $mode == full && $sync == default ]]; then
+	# Target 6: restart the worker with the fleet's state and time it until it processes again.
+	# Heartbeats keep flowing meanwhile (a gateway open loop in the background).
+	note "worker restart: gateway load in the background, then SIGTERM + start, then SIGKILL + start"
+	"$bin/devicesim" load --url "http://127.0.0.1:$http_port" --admin-token "$admin" --log-level warn --devices 0 \
+		--gateway-devices 100000 --rounds -1 --sustain-duration 0 --steady-duration 0 --gateway-rate 10000 \
+		--gateway-duration 150s --prefix "rs-$RANDOM-" >"$out/restart-load.txt" 2>&1 &
+	bg=$!
+	pids+=("$bg")
+	sleep 60 # registration of the background fleet, then load
+	for how in TERM KILL; do
+		kill "-$how" "$wrk"
+		while kill -0 "$wrk" 2>/dev/null; do sleep 0.05; done
+		t0=$(date +%s.%N)
+		start_worker
+		"$bin/devicesim" wait-worker --metrics "http://127.0.0.1:$worker_port/metrics" --since "$t0" --partitions 16 \
+			--timeout 3m >"$out/restart-$how.json" || true
+		note "restart after SIG$how: $(tr -d '\n ' <"$out/restart-$how.json")"
+		sleep 20
+	done
+	wait "$bg" || true
+fi
+
+ln -sfn "$(basename "$out")" "$outroot/latest"
+note "results in $out"
