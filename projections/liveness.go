@@ -102,6 +102,13 @@ func (d *lvDelta) add(seq uint64, e *events.Input) {
 	}
 }
 
+// reviveSQL is true when the proposed row re-registers a decommissioned
+// device: the new incarnation starts over (registered, no liveness, remote
+// control off), as the partition worker does; its history of earlier
+// incarnations stays in transitions. (The worker publishes no transition for
+// a registration, so the projection resets the status itself.)
+const reviveSQL = `(d.decommissioned_at IS NOT NULL AND EXCLUDED.registered_at IS NOT NULL AND EXCLUDED.registered_at >= d.decommissioned_at)`
+
 // upsertLivenessSQL applies the coalesced deltas, in id order (the lock
 // order the transitions projection uses too). A device is known when it has
 // a row or is registered in this batch; the others are returned (ignored,
@@ -140,17 +147,26 @@ WITH u AS (
                                  WHEN EXCLUDED.registered_at IS NOT NULL THEN NULL
                                  ELSE d.decommissioned_at END,
         remote_control_enabled = CASE WHEN EXCLUDED.remote_control_at IS NOT NULL THEN EXCLUDED.remote_control_enabled
+                                      WHEN ` + reviveSQL + ` THEN false
                                       ELSE d.remote_control_enabled END,
-        remote_control_at = COALESCE(EXCLUDED.remote_control_at, d.remote_control_at),
-        last_heartbeat_at = GREATEST(d.last_heartbeat_at, EXCLUDED.last_heartbeat_at),
-        metrics = CASE WHEN EXCLUDED.metrics_at IS NOT NULL
+        remote_control_at = CASE WHEN ` + reviveSQL + ` THEN EXCLUDED.remote_control_at
+                                 ELSE COALESCE(EXCLUDED.remote_control_at, d.remote_control_at) END,
+        status       = CASE WHEN ` + reviveSQL + ` THEN 'registered' ELSE d.status END,
+        status_since = CASE WHEN ` + reviveSQL + ` THEN EXCLUDED.registered_at ELSE d.status_since END,
+        reason_code  = CASE WHEN ` + reviveSQL + ` THEN '' ELSE d.reason_code END,
+        reason       = CASE WHEN ` + reviveSQL + ` THEN '' ELSE d.reason END,
+        last_heartbeat_at = CASE WHEN ` + reviveSQL + ` THEN EXCLUDED.last_heartbeat_at
+                                 ELSE GREATEST(d.last_heartbeat_at, EXCLUDED.last_heartbeat_at) END,
+        metrics = CASE WHEN ` + reviveSQL + ` THEN EXCLUDED.metrics
+                       WHEN EXCLUDED.metrics_at IS NOT NULL
                             AND (d.metrics_at IS NULL OR EXCLUDED.metrics_at >= d.metrics_at)
                        THEN EXCLUDED.metrics ELSE d.metrics END,
-        metrics_at = GREATEST(d.metrics_at, EXCLUDED.metrics_at),
-        last_ping_ok = CASE WHEN EXCLUDED.last_ping_at IS NOT NULL
+        metrics_at = CASE WHEN ` + reviveSQL + ` THEN EXCLUDED.metrics_at ELSE GREATEST(d.metrics_at, EXCLUDED.metrics_at) END,
+        last_ping_ok = CASE WHEN ` + reviveSQL + ` THEN EXCLUDED.last_ping_ok
+                            WHEN EXCLUDED.last_ping_at IS NOT NULL
                                  AND (d.last_ping_at IS NULL OR EXCLUDED.last_ping_at >= d.last_ping_at)
                             THEN EXCLUDED.last_ping_ok ELSE d.last_ping_ok END,
-        last_ping_at = GREATEST(d.last_ping_at, EXCLUDED.last_ping_at),
+        last_ping_at = CASE WHEN ` + reviveSQL + ` THEN EXCLUDED.last_ping_at ELSE GREATEST(d.last_ping_at, EXCLUDED.last_ping_at) END,
         liveness_seq = EXCLUDED.liveness_seq
     WHERE d.liveness_seq < EXCLUDED.liveness_seq
     RETURNING 1
