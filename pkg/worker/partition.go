@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/gob"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -81,7 +82,8 @@ type probeState struct {
 //
 // Memory per device: the map entry and id string (~50 B + id length), the
 // 40-byte statemachine.Device, an 8-byte heap-entry time, a 16-byte probe
-// schedule, and at most one 16-byte heap entry.
+// schedule, the 8-byte sequence of its last transition, and at most one
+// 16-byte heap entry.
 type partition struct {
 	p, partitions int
 	th            Thresholds
@@ -93,7 +95,19 @@ type partition struct {
 	devs   []statemachine.Device
 	sched  []int64 // time of the device's heap entry, 0 = none
 	probes []probeState
-	free   []int32
+	// trSeq is the transitions-stream sequence of the device's last
+	// transition (0: it has none; trSeqUnknown: to be read from the stream
+	// before its next transition is published). It fences the device's
+	// transitions (see publisher).
+	trSeq []uint64
+	free  []int32
+	// retired keeps the trSeq of decommissioned devices, for a
+	// re-registration under the same id (its transitions subject keeps its
+	// history). trFresh: devices first seen in this state have no
+	// transitions yet (false after restoring a snapshot that did not record
+	// sequences: their trSeq is unknown).
+	retired map[string]uint64
+	trFresh bool
 
 	groups   []string
 	groupTh  []statemachine.Thresholds
@@ -112,9 +126,13 @@ func newPartition(p, partitions int, th Thresholds, probing Probing) *partition 
 	probing.setDefaults()
 	return &partition{
 		p: p, partitions: partitions, th: th, probing: probing, m: statemachine.NewMachine(),
-		index: make(map[string]int32), groupIdx: make(map[string]uint16),
+		index: make(map[string]int32), groupIdx: make(map[string]uint16), retired: map[string]uint64{}, trFresh: true,
 	}
 }
+
+// trSeqUnknown marks a device whose last transition's sequence must be read
+// from the transitions stream.
+const trSeqUnknown = ^uint64(0)
 
 func (s *partition) group(name string) uint16 {
 	if g, ok := s.groupIdx[name]; ok {
@@ -127,18 +145,19 @@ func (s *partition) group(name string) uint16 {
 	return g
 }
 
-func (s *partition) add(id string, d statemachine.Device, pr probeState) int32 {
+func (s *partition) add(id string, d statemachine.Device, pr probeState, trSeq uint64) int32 {
 	var i int32
 	if n := len(s.free); n > 0 {
 		i = s.free[n-1]
 		s.free = s.free[:n-1]
-		s.ids[i], s.devs[i], s.sched[i], s.probes[i] = id, d, 0, pr
+		s.ids[i], s.devs[i], s.sched[i], s.probes[i], s.trSeq[i] = id, d, 0, pr, trSeq
 	} else {
 		i = int32(len(s.ids))
 		s.ids = append(s.ids, id)
 		s.devs = append(s.devs, d)
 		s.sched = append(s.sched, 0)
 		s.probes = append(s.probes, pr)
+		s.trSeq = append(s.trSeq, trSeq)
 	}
 	s.index[id] = i
 	s.schedule(i)
@@ -146,9 +165,26 @@ func (s *partition) add(id string, d statemachine.Device, pr probeState) int32 {
 }
 
 func (s *partition) remove(i int32) {
+	if q := s.trSeq[i]; q != 0 {
+		s.retired[s.ids[i]] = q
+	}
 	delete(s.index, s.ids[i])
-	s.ids[i], s.devs[i], s.sched[i], s.probes[i] = "", statemachine.Device{}, 0, probeState{}
+	s.ids[i], s.devs[i], s.sched[i], s.probes[i], s.trSeq[i] = "", statemachine.Device{}, 0, probeState{}, 0
 	s.free = append(s.free, i)
+}
+
+// newTrSeq is the trSeq of a device registered now: what it had before a
+// decommission, 0 for a device this state has never seen (unknown when the
+// state came from a snapshot without sequences).
+func (s *partition) newTrSeq(id string) uint64 {
+	if q, ok := s.retired[id]; ok {
+		delete(s.retired, id)
+		return q
+	}
+	if !s.trFresh {
+		return trSeqUnknown
+	}
+	return 0
 }
 
 // wake is when the device next needs a tick: its next timeout or its next
@@ -272,7 +308,7 @@ func (s *partition) applyAll(seq uint64, in *events.Input, out []events.StatusCh
 		if in.Registered != nil {
 			group = in.Registered.Group
 		}
-		s.add(in.Device, statemachine.Device{Status: statemachine.Registered, Since: at, Group: s.group(group)}, probeState{})
+		s.add(in.Device, statemachine.Device{Status: statemachine.Registered, Since: at, Group: s.group(group)}, probeState{}, s.newTrSeq(in.Device))
 		return out, probes, res, nil
 
 	case events.TypeDeviceDecommissioned:
@@ -356,7 +392,9 @@ func (h *deadlines) Pop() any {
 
 // snapshotVersion is bumped when the snapshot layout changes; an unknown
 // version is ignored (the worker replays the log from the start instead).
-const snapshotVersion = 2
+// Version 2 (no transition sequences) is still read: its devices' trSeq is
+// then unknown, read from the stream before their next transition.
+const snapshotVersion = 3
 
 // snapshot is the persisted state of a partition.
 type snapshot struct {
@@ -369,20 +407,27 @@ type snapshot struct {
 	IDs        []string
 	Devices    []statemachine.Device
 	Probes     []probeState
+	// TrSeqs (version 3) are the devices' trSeq; Retired the decommissioned
+	// devices' last transition sequences; TrFresh the partition's trFresh.
+	TrSeqs  []uint64
+	Retired map[string]uint64
+	TrFresh bool
 }
 
 // takeSnapshot copies the live state (cheap: ids are shared strings).
 func (s *partition) takeSnapshot() *snapshot {
 	sn := &snapshot{Version: snapshotVersion, Partition: s.p, Partitions: s.partitions, Seq: s.seq, Now: s.now,
 		Groups: slices.Clone(s.groups), IDs: make([]string, 0, len(s.index)), Devices: make([]statemachine.Device, 0, len(s.index)),
-		Probes: make([]probeState, 0, len(s.index))}
+		Probes: make([]probeState, 0, len(s.index)), TrSeqs: make([]uint64, 0, len(s.index)), Retired: maps.Clone(s.retired)}
 	for i, id := range s.ids {
 		if id != "" {
 			sn.IDs = append(sn.IDs, id)
 			sn.Devices = append(sn.Devices, s.devs[i])
 			sn.Probes = append(sn.Probes, s.probes[i])
+			sn.TrSeqs = append(sn.TrSeqs, s.trSeq[i])
 		}
 	}
+	sn.TrFresh = s.trFresh
 	return sn
 }
 
@@ -399,10 +444,10 @@ func decodeSnapshot(b []byte) (*snapshot, error) {
 	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&sn); err != nil {
 		return nil, fmt.Errorf("worker: decode snapshot: %w", err)
 	}
-	if sn.Version != snapshotVersion {
+	if sn.Version != snapshotVersion && sn.Version != 2 {
 		return nil, fmt.Errorf("worker: snapshot version %d, want %d", sn.Version, snapshotVersion)
 	}
-	if len(sn.IDs) != len(sn.Devices) || len(sn.IDs) != len(sn.Probes) {
+	if len(sn.IDs) != len(sn.Devices) || len(sn.IDs) != len(sn.Probes) || (sn.Version >= 3 && len(sn.TrSeqs) != len(sn.IDs)) {
 		return nil, fmt.Errorf("worker: corrupt snapshot: %d ids, %d devices, %d probe schedules", len(sn.IDs), len(sn.Devices), len(sn.Probes))
 	}
 	return &sn, nil
@@ -416,15 +461,27 @@ func (s *partition) restore(sn *snapshot) error {
 	fresh := newPartition(s.p, s.partitions, s.th, s.probing)
 	*s = *fresh
 	s.seq, s.now = sn.Seq, sn.Now
+	s.trFresh = sn.Version >= 3 && sn.TrFresh
+	if sn.Retired != nil {
+		s.retired = sn.Retired
+	}
 	for _, g := range sn.Groups {
 		s.group(g)
 	}
+	n := len(sn.IDs)
+	s.ids, s.devs, s.sched = make([]string, 0, n), make([]statemachine.Device, 0, n), make([]int64, 0, n)
+	s.probes, s.trSeq = make([]probeState, 0, n), make([]uint64, 0, n)
+	s.index = make(map[string]int32, n)
 	for k, id := range sn.IDs {
 		d := sn.Devices[k]
 		if int(d.Group) >= len(s.groups) {
 			return fmt.Errorf("worker: corrupt snapshot: device %q has group %d of %d", id, d.Group, len(s.groups))
 		}
-		s.add(id, d, sn.Probes[k])
+		q := trSeqUnknown
+		if sn.Version >= 3 {
+			q = sn.TrSeqs[k]
+		}
+		s.add(id, d, sn.Probes[k], q)
 	}
 	return nil
 }

@@ -7,9 +7,10 @@
 // Guarantees: transitions come out in log order; a redelivered input never
 // produces a second transition (inputs at or below the last applied sequence
 // are skipped, transitions carry Nats-Msg-Id tr-<p>-<seq>-<k>); a worker that
-// lost its lease cannot publish (Nats-Expected-Last-Subject-Sequence on the
-// partition's transitions); a restarted worker loads its snapshot and replays
-// only the tail, publishing nothing twice.
+// lost its lease cannot publish a transition of a device another worker has
+// published for since (Nats-Expected-Last-Subject-Sequence on the device's
+// transitions subject, see publisher); a restarted worker loads its snapshot
+// and replays only the tail, publishing nothing twice.
 //
 // It must not read the wall clock to decide anything (time comes from the
 // events), must not write to Postgres, and must not call the state machine
@@ -246,7 +247,7 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 		return fmt.Errorf("worker: load snapshot: %w", err)
 	}
 
-	out := &publisher{js: b.JS, p: p, partitions: b.Partitions(), log: log, m: w.m}
+	out := &publisher{js: b.JS, p: p, partitions: b.Partitions(), log: log, m: w.m, st: st}
 	if err := out.init(ctx); err != nil {
 		return err
 	}
@@ -301,6 +302,15 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 			st.seq = max(st.seq, seq)
 			continue
 		}
+		switch in.Type {
+		case events.TypeHeartbeat, events.TypePingResult, events.TypeTick:
+		default:
+			// Registrations and decommissions move device slots: settle the
+			// transitions in flight first (they update their device's slot).
+			if err := out.flush(ctx); err != nil {
+				return err
+			}
+		}
 		var res applyResult
 		trs, probes, res, err = st.applyAll(seq, in, trs[:0], probes[:0])
 		if err != nil {
@@ -314,12 +324,20 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 			w.m.ignored.WithLabelValues(res.Ignored).Inc()
 		}
 		for i := range trs {
-			if err := out.publish(ctx, &trs[i]); err != nil {
+			if err := out.enqueue(ctx, &trs[i]); err != nil {
 				return err
 			}
 		}
 		if len(probes) > 0 {
 			if err := out.publishProbes(ctx, probes); err != nil {
+				return err
+			}
+		}
+		// Settle the transitions in flight when the log has nothing more for
+		// now (they are published at once when the partition is quiet, and in
+		// pipelined windows during a burst).
+		if meta.NumPending == 0 || out.full() {
+			if err := out.flush(ctx); err != nil {
 				return err
 			}
 		}
@@ -331,6 +349,11 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 		sinceSnap++
 		now := time.Now() // scheduling only; never reaches the state machine
 		if sinceSnap >= w.cfg.SnapshotEvents || (now.Sub(lastSnap) >= w.cfg.SnapshotInterval && sinceSnap > 0) {
+			// A snapshot must not run ahead of what is published: a crash
+			// would otherwise lose the transitions still in flight.
+			if err := out.flush(ctx); err != nil {
+				return err
+			}
 			if snap.start(ctx, st.takeSnapshot()) {
 				lastSnap, sinceSnap = now, 0
 			}
@@ -340,8 +363,14 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 			w.m.setCounts(partLabel, st.counts())
 		}
 	}
-	// Final snapshot so that the next owner replays nothing.
+	// Final snapshot so that the next owner replays nothing (after the
+	// transitions in flight are settled; if they cannot be, no snapshot).
 	snap.wait()
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer fcancel()
+	if err := out.flush(fctx); err != nil {
+		return err
+	}
 	if sinceSnap > 0 {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
@@ -351,23 +380,55 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 	return nil
 }
 
-// publisher publishes one partition's transitions in order, fenced by the
-// last sequence of the partition's transitions subject filter.
+// publisher publishes one partition's transitions in log order.
+//
+// Fencing: each transition carries Nats-Expected-Last-Subject-Sequence for
+// its device's own subject (devstatus.tr.<p>.<token>): the sequence of the
+// device's last transition as this worker knows it (partition.trSeq). A
+// worker that lost its partition and still runs fails (ErrFenced) as soon as
+// it publishes for a device the new owner has published for. The check is on
+// one literal subject, which JetStream answers from its per-subject index in
+// constant time; a check on the partition's wildcard filter
+// (devstatus.tr.<p>.*) makes the server walk every device subject of the
+// partition on each transition (docs/performance.md: it took 53 % of the
+// service's CPU with 130 000 devices).
+//
+// Pipelining: transitions are published asynchronously (in log order, on one
+// connection, so JetStream stores them in that order) and their PubAcks
+// settled by flush: when the partition's log has nothing more for now, when
+// maxInFlight are in flight, before a snapshot, before a registration or
+// decommission is applied, and before a second transition of a device that
+// has one in flight (its expected sequence is the first one's).
 type publisher struct {
 	js         jetstream.JetStream
 	p          int
 	partitions int
 	log        *slog.Logger
 	m          *metrics
-	// lastSeq is the transitions-stream sequence of the partition's last
-	// transition (the fencing token).
-	lastSeq uint64
+	// st is the partition state: trSeq per device slot (nil in tests that
+	// drive the publisher alone: the stream is then asked every time).
+	st *partition
 	// lastCause is the (input seq, index) of the last transition published;
 	// transitions at or below it were published by an earlier run.
 	lastCause struct {
 		seq   uint64
 		index int
 	}
+	inflight []inflightTransition
+	busy     map[int32]struct{} // device slots with a transition in flight
+}
+
+// maxInFlight bounds the transitions awaiting their PubAck.
+const maxInFlight = 512
+
+type inflightTransition struct {
+	sc    events.StatusChanged
+	slot  int32 // -1: no partition state
+	subj  string
+	data  []byte
+	exp   uint64
+	start time.Time
+	f     jetstream.PubAckFuture
 }
 
 func (o *publisher) init(ctx context.Context) error {
@@ -386,57 +447,177 @@ func (o *publisher) init(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker: last transition of partition %d (seq %d): %w", o.p, msg.Sequence, err)
 	}
-	o.lastSeq = msg.Sequence
 	o.lastCause.seq, o.lastCause.index = sc.Cause.Seq, sc.Index
 	return nil
 }
 
-// publish publishes one transition unless an earlier run already did,
-// retrying transient failures until ctx ends. It returns [ErrFenced] when
-// another worker has published to the partition since.
-func (o *publisher) publish(ctx context.Context, sc *events.StatusChanged) error {
-	if sc.Cause.Seq < o.lastCause.seq || (sc.Cause.Seq == o.lastCause.seq && sc.Index <= o.lastCause.index) {
-		o.m.suppressed.Inc()
-		return nil
+func (o *publisher) suppressed(sc *events.StatusChanged) bool {
+	return sc.Cause.Seq < o.lastCause.seq || (sc.Cause.Seq == o.lastCause.seq && sc.Index <= o.lastCause.index)
+}
+
+func (o *publisher) full() bool { return len(o.inflight) >= maxInFlight }
+
+// slotOf returns the partition slot of the transition's device (-1 without
+// partition state).
+func (o *publisher) slotOf(sc *events.StatusChanged) int32 {
+	if o.st == nil {
+		return -1
 	}
-	data, err := events.EncodeStatusChanged(sc)
-	if err != nil {
-		return fmt.Errorf("worker: encode transition: %w", err)
+	if i, ok := o.st.index[sc.Device]; ok {
+		return i
 	}
-	subj := events.TransitionSubject(sc.Device, o.partitions)
-	backoff := 50 * time.Millisecond
-	for {
-		start := time.Now()
-		ack, err := o.js.Publish(ctx, subj, data, jetstream.WithMsgID(sc.ID),
-			jetstream.WithExpectLastSequenceForSubject(o.lastSeq, events.TransitionPartitionFilter(o.p)))
+	return -1
+}
+
+// expected returns the sequence the device's transitions subject must end
+// at: from the partition state, or read from the stream when it does not
+// know it (then remembered).
+func (o *publisher) expected(ctx context.Context, slot int32, subj string) (uint64, error) {
+	if slot >= 0 && o.st.trSeq[slot] != trSeqUnknown {
+		return o.st.trSeq[slot], nil
+	}
+	var last uint64
+	for backoff := 50 * time.Millisecond; ; backoff = min(backoff*2, 2*time.Second) {
+		st, err := o.js.Stream(ctx, events.TransitionStream)
 		if err == nil {
-			o.m.publishSeconds.Observe(time.Since(start).Seconds())
-			if ack.Sequence > o.lastSeq {
-				o.lastSeq = ack.Sequence
+			var m *jetstream.RawStreamMsg
+			m, err = st.GetLastMsgForSubject(ctx, subj)
+			switch {
+			case errors.Is(err, jetstream.ErrMsgNotFound):
+				last, err = 0, nil
+			case err == nil:
+				last = m.Sequence
 			}
-			o.lastCause.seq, o.lastCause.index = sc.Cause.Seq, sc.Index
-			o.m.transitions.WithLabelValues(string(sc.From), string(sc.To), string(sc.ReasonCode)).Inc()
-			o.log.Info("transition", slog.String("device", sc.Device), slog.String("from", string(sc.From)),
-				slog.String("to", string(sc.To)), slog.String("reason_code", string(sc.ReasonCode)),
-				slog.String("reason", sc.Reason), slog.Time("at", sc.At), slog.Uint64("cause_seq", sc.Cause.Seq))
-			return nil
 		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-			return fmt.Errorf("%w (partition %d, expected last seq %d): %v", ErrFenced, o.p, o.lastSeq, err)
+		if err == nil {
+			break
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
-		o.log.Warn("publishing transition failed; retrying", slog.String("device", sc.Device), slog.Any("err", err))
+		o.log.Warn("reading a device's last transition failed; retrying", slog.String("subject", subj), slog.Any("err", err))
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 2*time.Second)
 	}
+	if slot >= 0 {
+		o.st.trSeq[slot] = last
+	}
+	return last, nil
+}
+
+// enqueue publishes one transition asynchronously unless an earlier run
+// already published it.
+func (o *publisher) enqueue(ctx context.Context, sc *events.StatusChanged) error {
+	slot := o.slotOf(sc)
+	if o.suppressed(sc) {
+		o.m.suppressed.Inc()
+		if slot >= 0 {
+			// Published by an earlier run, at a sequence this state does not know.
+			o.st.trSeq[slot] = trSeqUnknown
+		}
+		return nil
+	}
+	if _, dup := o.busy[slot]; dup || slot < 0 {
+		if err := o.flush(ctx); err != nil {
+			return err
+		}
+	}
+	it := inflightTransition{sc: *sc, slot: slot, subj: events.TransitionSubject(sc.Device, o.partitions), start: time.Now()}
+	var err error
+	if it.exp, err = o.expected(ctx, slot, it.subj); err != nil {
+		return err
+	}
+	if it.data, err = events.EncodeStatusChanged(sc); err != nil {
+		return fmt.Errorf("worker: encode transition: %w", err)
+	}
+	it.f, err = o.js.PublishAsync(it.subj, it.data, jetstream.WithMsgID(sc.ID), jetstream.WithExpectLastSequencePerSubject(it.exp))
+	if err != nil {
+		it.f = nil // flush publishes it again
+	}
+	o.inflight = append(o.inflight, it)
+	if o.busy == nil {
+		o.busy = map[int32]struct{}{}
+	}
+	o.busy[slot] = struct{}{}
+	return nil
+}
+
+// publish publishes one transition and waits for its PubAck.
+func (o *publisher) publish(ctx context.Context, sc *events.StatusChanged) error {
+	if err := o.enqueue(ctx, sc); err != nil {
+		return err
+	}
+	return o.flush(ctx)
+}
+
+func isFenceError(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// errNotSent stands for a PublishAsync that failed at once.
+var errNotSent = errors.New("worker: transition not sent")
+
+// flush settles the transitions in flight, in order: each acknowledged one
+// updates its device's sequence, is counted and logged; one that failed for
+// another reason than the fence is published again (synchronously, with the
+// same expected sequence) until it succeeds or ctx ends. It returns
+// [ErrFenced] when another worker published for one of the devices since.
+func (o *publisher) flush(ctx context.Context) error {
+	defer func() {
+		o.inflight = o.inflight[:0]
+		clear(o.busy)
+	}()
+	for k := range o.inflight {
+		it := &o.inflight[k]
+		var ack *jetstream.PubAck
+		err := errNotSent
+		if it.f != nil {
+			select {
+			case ack = <-it.f.Ok():
+				err = nil
+			case err = <-it.f.Err():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		backoff := 50 * time.Millisecond
+		for err != nil {
+			if isFenceError(err) {
+				return fmt.Errorf("%w (partition %d, device %q, expected last seq %d): %v", ErrFenced, o.p, it.sc.Device, it.exp, err)
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			o.log.Warn("publishing transition failed; retrying", slog.String("device", it.sc.Device), slog.Any("err", err))
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			ack, err = o.js.Publish(ctx, it.subj, it.data, jetstream.WithMsgID(it.sc.ID), jetstream.WithExpectLastSequencePerSubject(it.exp))
+		}
+		o.settled(it, ack)
+	}
+	return nil
+}
+
+func (o *publisher) settled(it *inflightTransition, ack *jetstream.PubAck) {
+	sc := &it.sc
+	o.m.publishSeconds.Observe(time.Since(it.start).Seconds())
+	if it.slot >= 0 && o.st.ids[it.slot] == sc.Device {
+		o.st.trSeq[it.slot] = ack.Sequence
+	}
+	o.lastCause.seq, o.lastCause.index = sc.Cause.Seq, sc.Index
+	o.m.transitions.WithLabelValues(string(sc.From), string(sc.To), string(sc.ReasonCode)).Inc()
+	o.log.Info("transition", slog.String("device", sc.Device), slog.String("from", string(sc.From)),
+		slog.String("to", string(sc.To)), slog.String("reason_code", string(sc.ReasonCode)),
+		slog.String("reason", sc.Reason), slog.Time("at", sc.At), slog.Uint64("cause_seq", sc.Cause.Seq))
 }
 
 // publishProbes publishes probe requests (asynchronously, then waits for

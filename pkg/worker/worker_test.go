@@ -162,13 +162,16 @@ func TestWorkerEndToEndOverJetStream(t *testing.T) {
 	}
 }
 
-// A worker that lost its partition cannot publish: the second publisher's
-// expected-last-sequence no longer matches.
+// A worker that lost its partition cannot publish for a device the new
+// owner published for: the expected last sequence of the device's
+// transitions subject no longer matches.
 func TestPublisherFenced(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{Partitions: 1})
 	ctx := context.Background()
 	mk := func() *publisher {
-		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil)}
+		st := newPartition(0, 1, testThresholds, Probing{})
+		st.apply(1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()}, nil)
+		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil), st: st}
 		if err := o.init(ctx); err != nil {
 			t.Fatal(err)
 		}
