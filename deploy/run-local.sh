@@ -59,6 +59,10 @@ forward() { kill "-$1" "$child" 2>/dev/null || true; }
 trap 'forward INT' INT
 trap 'forward TERM' TERM
 trap 'forward HUP' HUP
+# When the output goes through a pipe (make run | tee log), Ctrl-C also kills the reader: a write
+# to the broken pipe must not kill this script before it stops Postgres (devstatus ignores
+# SIGPIPE itself and keeps shutting down).
+trap '' PIPE
 rc=0
 while :; do
 	wait "$child" && rc=0 || rc=$?

@@ -60,6 +60,7 @@ type config struct {
 	ProbeAllowCIDRs   string
 
 	rolesRaw    string
+	warnings    []string // logged once the logger exists
 	workerParts []int
 	pinger      service.PingerConfig
 }
@@ -159,8 +160,8 @@ func (c *config) finish() error {
 		errs = append(errs, fmt.Errorf("--heartbeat-interval must be positive"))
 	}
 	if c.HeartbeatEvery >= c.Thresholds.Default.OfflineAfter {
-		slog.Warn("heartbeat interval is not shorter than offline_after: every device will flap",
-			slog.Duration("heartbeat_interval", c.HeartbeatEvery), slog.Duration("offline_after", c.Thresholds.Default.OfflineAfter))
+		c.warnings = append(c.warnings, fmt.Sprintf("heartbeat interval (%s) is not shorter than offline_after (%s): every device will flap",
+			c.HeartbeatEvery, c.Thresholds.Default.OfflineAfter))
 	}
 	if err := c.finishPinger(); err != nil {
 		errs = append(errs, err)

@@ -37,6 +37,11 @@ Run "devstatus <command> -h" for the flags. Each flag also reads DEVSTATUS_<FLAG
 `
 
 func main() {
+	// With the output piped (devstatus serve | tee log), Ctrl-C reaches the
+	// reader too; a log write to the broken pipe must then fail quietly
+	// (EPIPE) instead of killing the process in the middle of its graceful
+	// shutdown.
+	signal.Ignore(syscall.SIGPIPE)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -92,6 +97,9 @@ func setup(name string, args []string, stderr io.Writer) (*config, *slog.Logger,
 		return nil, nil, err
 	}
 	slog.SetDefault(log)
+	for _, w := range c.warnings {
+		log.Warn(w)
+	}
 	return c, log, nil
 }
 

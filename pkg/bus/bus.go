@@ -15,6 +15,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -315,11 +318,66 @@ type EmbeddedConfig struct {
 	ServerName string
 }
 
+// ErrStoreInUse is returned by [StartEmbedded] when another process (or a
+// running embedded server of this one) already uses the store directory:
+// two servers on one file store would corrupt it.
+var ErrStoreInUse = errors.New("bus: the JetStream store directory is in use")
+
+// storeLocks holds, per store directory, the locked lock file (held until
+// the process exits) and the last server started on it.
+var storeLocks = struct {
+	sync.Mutex
+	m map[string]*storeLock
+}{m: map[string]*storeLock{}}
+
+type storeLock struct {
+	f *os.File
+	s *server.Server
+}
+
+// lockStore takes an exclusive flock on StoreDir/devstatus.lock, or returns
+// an error wrapping [ErrStoreInUse] naming the process that holds it.
+func lockStore(dir string) (*storeLock, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("bus: store dir: %w", err)
+	}
+	storeLocks.Lock()
+	defer storeLocks.Unlock()
+	if l := storeLocks.m[abs]; l != nil {
+		if l.s != nil && l.s.Running() {
+			return nil, fmt.Errorf("%w: %s: an embedded server of this process runs on it", ErrStoreInUse, abs)
+		}
+		return l, nil
+	}
+	path := filepath.Join(abs, "devstatus.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("bus: lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is locked by process %s; stop it first (with the embedded server, stop the whole service before devstatus rebuild)",
+			ErrStoreInUse, abs, strings.TrimSpace(string(holder)))
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	l := &storeLock{f: f}
+	storeLocks.m[abs] = l
+	return l, nil
+}
+
 // StartEmbedded starts a single JetStream server and waits until it accepts
-// connections (10 s at most).
+// connections (10 s at most). It refuses a store directory already in use
+// ([ErrStoreInUse]) and a listen address already taken.
 func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("bus: store dir: %w", err)
+	}
+	lock, err := lockStore(cfg.StoreDir)
+	if err != nil {
+		return nil, err
 	}
 	name := cfg.ServerName
 	if name == "" {
@@ -345,10 +403,21 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		}
 		opts.Host, opts.Port = host, p
 	}
+	if opts.Port > 0 {
+		// nats-server only logs a failed listen and never becomes ready: say why.
+		ln, err := net.Listen("tcp", net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)))
+		if err != nil {
+			return nil, fmt.Errorf("bus: cannot accept NATS clients on %s: %w (another devstatus or nats-server? change --nats-listen, or set it empty for in-process only)", cfg.ListenAddr, err)
+		}
+		ln.Close()
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("bus: embedded server: %w", err)
 	}
+	storeLocks.Lock()
+	lock.s = s
+	storeLocks.Unlock()
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {
 		s.Shutdown()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -71,5 +73,38 @@ func TestPartitionMatchesServerTransform(t *testing.T) {
 		if m.Subject != want {
 			t.Errorf("%q: server mapped to %q, events.Partition says %q", id, m.Subject, want)
 		}
+	}
+}
+
+func TestStoreInUseRefused(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := Open(ctx, Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second server on the same store (a second `devstatus serve`, or a
+	// rebuild while the service runs) is refused, not started.
+	if _, err := Open(ctx, Config{DataDir: dir}); !errors.Is(err, ErrStoreInUse) {
+		t.Fatalf("second server on the same store: %v", err)
+	}
+	b.Close()
+	// Once the first stopped, the store can be opened again.
+	b, err = Open(ctx, Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+}
+
+func TestListenAddressTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, err = Open(context.Background(), Config{DataDir: t.TempDir(), ListenAddr: ln.Addr().String()})
+	if err == nil || !strings.Contains(err.Error(), "cannot accept NATS clients") {
+		t.Fatalf("err = %v", err)
 	}
 }

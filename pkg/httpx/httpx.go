@@ -105,3 +105,51 @@ func RequireBearer(token string, h http.Handler) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
+
+// JSONErrors wraps a mux so that the answers the mux itself gives — 404 for
+// a path no pattern matches, 405 for a method no pattern of the path
+// allows — carry the design's JSON error body instead of net/http's plain
+// text. Handlers' own answers pass through untouched.
+func JSONErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(&muxErrorWriter{ResponseWriter: w, path: r.URL.Path, method: r.Method}, r)
+	})
+}
+
+// muxErrorWriter replaces the mux's plain-text error with a JSON one.
+type muxErrorWriter struct {
+	http.ResponseWriter
+	path, method string
+	wrote        bool
+	passthrough  bool
+}
+
+func (m *muxErrorWriter) WriteHeader(code int) {
+	if m.wrote {
+		return
+	}
+	m.wrote = true
+	switch code {
+	case http.StatusNotFound:
+		WriteError(m.ResponseWriter, code, CodeNotFound, "no such endpoint: "+m.path)
+	case http.StatusMethodNotAllowed:
+		WriteError(m.ResponseWriter, code, CodeMethodNotAllowed, "method "+m.method+" is not allowed on "+m.path)
+	default: // a redirect (path cleaning) or anything else: as the mux says
+		m.passthrough = true
+		m.ResponseWriter.WriteHeader(code)
+	}
+}
+
+func (m *muxErrorWriter) Write(b []byte) (int, error) {
+	if !m.wrote {
+		m.WriteHeader(http.StatusOK)
+	}
+	if m.passthrough {
+		return m.ResponseWriter.Write(b)
+	}
+	return len(b), nil // the mux's plain-text body is replaced
+}

@@ -206,7 +206,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 		return nil, fmt.Errorf("service: listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	s.server = &http.Server{
-		Handler:           httpx.DeviceIDs(mux),
+		Handler:           httpx.DeviceIDs(httpx.JSONErrors(mux)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second, // long-lived streams extend their own deadline
