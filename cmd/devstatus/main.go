@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -103,13 +104,21 @@ func setup(name string, args []string, stderr io.Writer) (*config, *slog.Logger,
 	return c, log, nil
 }
 
-func (c *config) busConfig(log *slog.Logger) bus.Config {
+// busConfig is the bus configuration of the flags. With the embedded
+// server listening for other processes, clients need a token (generated
+// once, kept in --data-dir/nats-token): the input stream is trusted input.
+func (c *config) busConfig(log *slog.Logger) (bus.Config, error) {
 	bc := bus.Config{URL: c.NATSURL, DataDir: c.DataDir, SyncAlways: c.Sync == "always", Partitions: c.Partitions,
 		Replicas: c.Replicas, InputMaxAge: c.InputRetention, LeaseTTL: c.LeaseTTL, Logger: log}
-	if c.NATSURL == "" {
+	if c.NATSURL == "" && c.NATSListen != "" {
 		bc.ListenAddr = c.NATSListen
+		tok, _, err := devToken(c.DataDir, "nats-token")
+		if err != nil {
+			return bc, fmt.Errorf("generating the embedded NATS token: %w", err)
+		}
+		bc.ListenToken = tok
 	}
-	return bc
+	return bc, nil
 }
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -138,8 +147,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			generated = append(generated, t.name)
 		}
 	}
+	bc, err := c.busConfig(log)
+	if err != nil {
+		return err
+	}
 	svc, err := service.Start(ctx, service.Config{
-		HTTPAddr: c.HTTPAddr, Bus: c.busConfig(log), DatabaseURL: c.DatabaseURL, Roles: c.Roles,
+		HTTPAddr: c.HTTPAddr, Bus: bc, DatabaseURL: c.DatabaseURL, Roles: c.Roles,
 		Thresholds: c.Thresholds, Tick: c.Tick, HeartbeatInterval: c.HeartbeatEvery,
 		RateMinInterval: c.RateMinInterval, RatePerMinute: c.RatePerMinute,
 		AdminToken: c.AdminToken, PingToken: c.PingToken, Migrate: c.Migrate,
@@ -156,7 +169,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			natsAt += ", clients at " + u
 		}
 	}
-	fmt.Fprintf(stdout, "devstatus listening on http://%s  (roles %v, NATS %s, %d partitions)\n", svc.Addr(), c.Roles, natsAt, svc.Bus.Partitions())
+	shown := svc.Addr()
+	if host, port, err := net.SplitHostPort(shown); err == nil && (host == "::" || host == "0.0.0.0" || host == "") {
+		shown = "localhost:" + port + " (all interfaces)"
+	}
+	fmt.Fprintf(stdout, "devstatus listening on http://%s  (roles %v, NATS %s, %d partitions)\n", shown, c.Roles, natsAt, svc.Bus.Partitions())
 	if c.devRun() {
 		fmt.Fprintf(stdout, "admin token: %s\nping token:  %s\n", c.AdminToken, c.PingToken)
 		if len(generated) > 0 {
@@ -204,8 +221,11 @@ func rebuild(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if c.DatabaseURL == "" {
 		return fmt.Errorf("%w: --database-url or DATABASE_URL is required", errUsage)
 	}
-	bc := c.busConfig(log)
-	bc.ListenAddr = ""
+	bc, err := c.busConfig(log)
+	if err != nil {
+		return err
+	}
+	bc.ListenAddr, bc.ListenToken = "", ""
 	n, err := service.Rebuild(ctx, bc, c.DatabaseURL, log)
 	if err != nil {
 		return err

@@ -42,6 +42,11 @@ type Config struct {
 	// other processes (devicesim, the nats CLI). Empty: in-process only.
 	// "127.0.0.1:-1" picks a free port.
 	ListenAddr string
+	// ListenToken, when set, is required from every client of the embedded
+	// server (nats://<token>@host:port): the input stream is trusted input,
+	// so the listener must not be open to any local user. The in-process
+	// connection uses it too. Empty: no authentication (tests).
+	ListenToken string
 	// SyncAlways makes the embedded server fsync before every PubAck
 	// (design.md --sync always). Default false: the server's periodic fsync.
 	SyncAlways bool
@@ -136,7 +141,11 @@ func (b *Bus) ClientURL() string {
 	if b.cfg.ListenAddr == "" {
 		return ""
 	}
-	return b.Server.ClientURL()
+	u := b.Server.ClientURL()
+	if b.cfg.ListenToken != "" {
+		u = strings.Replace(u, "nats://", "nats://"+b.cfg.ListenToken+"@", 1)
+	}
+	return u
 }
 
 // Open starts or connects to JetStream and ensures the streams and buckets.
@@ -163,12 +172,16 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	}
 	url := cfg.URL
 	if url == "" {
-		s, err := StartEmbedded(EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), ListenAddr: cfg.ListenAddr, SyncAlways: cfg.SyncAlways})
+		s, err := StartEmbedded(EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), ListenAddr: cfg.ListenAddr,
+			Token: cfg.ListenToken, SyncAlways: cfg.SyncAlways})
 		if err != nil {
 			return nil, err
 		}
 		b.Server = s
 		opts = append(opts, nats.InProcessServer(s))
+		if cfg.ListenToken != "" {
+			opts = append(opts, nats.Token(cfg.ListenToken))
+		}
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
@@ -312,6 +325,8 @@ type EmbeddedConfig struct {
 	// ListenAddr "host:port" to accept TCP clients; empty for in-process only;
 	// port -1 picks a free one.
 	ListenAddr string
+	// Token, when set, is required from every client.
+	Token string
 	// SyncAlways fsyncs before every PubAck.
 	SyncAlways bool
 	// ServerName defaults to "devstatus-embedded".
@@ -384,13 +399,14 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		name = "devstatus-embedded"
 	}
 	opts := &server.Options{
-		ServerName: name,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		NoSigs:     true,
-		SyncAlways: cfg.SyncAlways,
-		DontListen: cfg.ListenAddr == "",
-		MaxPayload: 8 << 20,
+		ServerName:    name,
+		JetStream:     true,
+		StoreDir:      cfg.StoreDir,
+		NoSigs:        true,
+		SyncAlways:    cfg.SyncAlways,
+		DontListen:    cfg.ListenAddr == "",
+		Authorization: cfg.Token,
+		MaxPayload:    8 << 20,
 	}
 	if cfg.ListenAddr != "" {
 		host, port, err := net.SplitHostPort(cfg.ListenAddr)
