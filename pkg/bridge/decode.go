@@ -205,6 +205,9 @@ type heartbeatBody struct {
 // nesting at most MaxMetricDepth, numbers finite as 64-bit floats. Anywhere
 // in the body: valid UTF-8, no NUL (raw or \u0000), no unpaired surrogate.
 func decodeHeartbeat(body []byte, maxMetrics, maxMetricBytes int) (heartbeatBody, error) {
+	if hb, ok := fastHeartbeatBody(body, maxMetrics, maxMetricBytes); ok {
+		return hb, nil // the plain form, read in one pass (fastjson.go)
+	}
 	var hb heartbeatBody
 	if len(bytes.TrimSpace(body)) == 0 {
 		return hb, nil

@@ -175,6 +175,13 @@ func (b *Bridge) handleGatewayHeartbeats(w http.ResponseWriter, r *http.Request)
 	if !ok {
 		return
 	}
+	if fast, ok := fastGatewayBatch(body, b.cfg.MaxMetrics, b.cfg.MaxMetricBytes); ok {
+		// The plain form, read in one pass (fastjson.go).
+		httpx.WriteJSON(w, http.StatusOK, b.gatewayBatch(r.Context(), gw, len(fast), func(i int) (string, gatewayHB, int, string, string) {
+			return b.checkGatewayItem(r.Context(), gw, fast[i].id, fast[i].hb)
+		}))
+		return
+	}
 	f, err := parseObject(body, "heartbeats")
 	if err != nil {
 		writeRequestError(w, err)
@@ -189,14 +196,16 @@ func (b *Bridge) handleGatewayHeartbeats(w http.ResponseWriter, r *http.Request)
 		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeUnprocessableEntity, "at most 1000 heartbeats per request")
 		return
 	}
-	out := b.gatewayBatch(r.Context(), gw, items)
+	out := b.gatewayBatch(r.Context(), gw, len(items), func(i int) (string, gatewayHB, int, string, string) {
+		return b.decodeGatewayItem(r.Context(), gw, items[i])
+	})
 	httpx.WriteJSON(w, http.StatusOK, out)
 }
 
-// gatewayBatch validates, admits, publishes and settles the items of one
-// batch and returns the answer.
-func (b *Bridge) gatewayBatch(ctx context.Context, gw string, items []json.RawMessage) gatewayBatchResponse {
-	out := gatewayBatchResponse{Results: make([]gatewayItem, len(items))}
+// gatewayBatch admits, publishes and settles the n items of one batch, item
+// i decoded and checked by item, and returns the answer.
+func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i int) (string, gatewayHB, int, string, string)) gatewayBatchResponse {
+	out := gatewayBatchResponse{Results: make([]gatewayItem, n)}
 	refuse := func(i, status int, code, msg string) {
 		out.Results[i].HTTPStatus = status
 		out.Results[i].Error = &httpx.ErrorDetail{Code: code, Message: msg}
@@ -206,9 +215,9 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, items []json.RawMe
 		i int
 		a admitted
 	}
-	admit := make([]pending, 0, len(items))
-	for i, raw := range items {
-		id, hb, status, code, msg := b.decodeGatewayItem(ctx, gw, raw)
+	admit := make([]pending, 0, n)
+	for i := range n {
+		id, hb, status, code, msg := item(i)
 		out.Results[i].Device = id
 		if status != 0 {
 			refuse(i, status, code, msg)
@@ -255,7 +264,7 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, items []json.RawMe
 			waited++
 		}
 		in := admit[k].a.in
-		data, err := events.EncodeInput(in)
+		data, err := encodeInput(in)
 		if err != nil {
 			errs[k] = err
 			continue
@@ -363,16 +372,29 @@ func (b *Bridge) decodeGatewayItem(ctx context.Context, gw string, raw json.RawM
 	if err := events.ValidateDeviceID(id); err != nil {
 		return id, hb, http.StatusBadRequest, httpx.CodeInvalidDeviceID, err.Error()
 	}
-	if hb.body, err = decodeHeartbeatFields(f, b.cfg.MaxMetrics, b.cfg.MaxMetricBytes); err == nil && hb.body.ProbeURL != nil {
-		var u string
-		if u, err = b.checkProbeURL(*hb.body.ProbeURL); err == nil {
-			hb.body.ProbeURL = &u
-		}
-	}
-	if err != nil {
+	if hb.body, err = decodeHeartbeatFields(f, b.cfg.MaxMetrics, b.cfg.MaxMetricBytes); err != nil {
 		code, msg := requestErrorCode(err)
 		return id, hb, http.StatusBadRequest, code, msg
 	}
+	return b.checkGatewayItem(ctx, gw, id, hb.body)
+}
+
+// checkGatewayItem checks a decoded item: its device id, its probe URL
+// against the probe policy, and that the device reports through gateway gw.
+func (b *Bridge) checkGatewayItem(ctx context.Context, gw, id string, body heartbeatBody) (string, gatewayHB, int, string, string) {
+	hb := gatewayHB{body: body}
+	if err := events.ValidateDeviceID(id); err != nil {
+		return id, hb, http.StatusBadRequest, httpx.CodeInvalidDeviceID, err.Error()
+	}
+	if hb.body.ProbeURL != nil {
+		u, err := b.checkProbeURL(*hb.body.ProbeURL)
+		if err != nil {
+			code, msg := requestErrorCode(err)
+			return id, hb, http.StatusBadRequest, code, msg
+		}
+		hb.body.ProbeURL = &u
+	}
+	var err error
 	hb.ent, err = b.reg.Lookup(ctx, id)
 	switch {
 	case errors.Is(err, registry.ErrNotFound):

@@ -149,7 +149,7 @@ func (b *Bridge) publishWithID(ctx context.Context, in *events.Input, msgID stri
 		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
 		return nil, errors.New("bridge: NATS is not connected")
 	}
-	data, err := events.EncodeInput(in)
+	data, err := encodeInput(in) // events.EncodeInput, with a fast path for heartbeats (fastencode.go)
 	if err != nil {
 		return nil, err
 	}
@@ -223,11 +223,21 @@ type admitted struct {
 	// random id. windowEnd is the end of that window.
 	msgID     string
 	windowEnd time.Time
+	// status and offlineSeq are what the heartbeat is answered with (the
+	// status the worker last decided, and the comeback candidate), read
+	// before it is published: once published, the worker may decide its
+	// → connected and the transitions feed apply it before the PubAck is
+	// handled; read then, the answer would say connected and the comeback
+	// would be lost.
+	status     events.Status
+	offlineSeq uint64
 }
 
-// admitHeartbeat applies the device's rate limit at now (the receive time)
-// and builds the event (via: the gateway id of a batch, "" for the single
-// endpoint). Refused: ok false and how long until one would be accepted.
+// admitHeartbeat applies the device's rate limit at now (the receive time),
+// builds the event (via: the gateway id of a batch, "" for the single
+// endpoint) and reads the status it is answered with; it must run before the
+// event is published. Refused: ok false and how long until one would be
+// accepted.
 func (b *Bridge) admitHeartbeat(id string, hb *heartbeatBody, ent registry.Entry, now time.Time, via string) (admitted, time.Duration, bool) {
 	tk, wait, ok := b.lim.allow(id, now)
 	if !ok {
@@ -240,7 +250,9 @@ func (b *Bridge) admitHeartbeat(id string, hb *heartbeatBody, ent registry.Entry
 	if !windowed {
 		msgID = in.ID
 	}
-	return admitted{id: id, ent: ent, probeURL: hb.ProbeURL, now: now, tk: tk, in: in, msgID: msgID, windowEnd: windowEnd}, 0, true
+	status, offlineSeq := b.status.forHeartbeat(id)
+	return admitted{id: id, ent: ent, probeURL: hb.ProbeURL, now: now, tk: tk, in: in, msgID: msgID, windowEnd: windowEnd,
+		status: status, offlineSeq: offlineSeq}, 0, true
 }
 
 // hbOutcome is the answer to one heartbeat: 200 with resp, 429 with
@@ -257,7 +269,7 @@ type hbOutcome struct {
 // duplicate of the device's rate window means another bridge instance (or
 // an earlier attempt whose answer was lost) already stored a heartbeat of
 // the device in this window (429); otherwise the heartbeat is accepted and
-// the answer is built (status, should_reconnect).
+// the answer is built (the status read at admission, should_reconnect).
 func (b *Bridge) settleHeartbeat(ctx context.Context, a *admitted, ack *jetstream.PubAck, err error, logFailure bool) hbOutcome {
 	if err != nil {
 		b.lim.cancel(a.tk)
@@ -278,9 +290,8 @@ func (b *Bridge) settleHeartbeat(ctx context.Context, a *admitted, ack *jetstrea
 
 	resp := heartbeatResponse{RemoteControlEnabled: a.ent.RemoteControlEnabled,
 		HeartbeatIntervalS: int(b.cfg.HeartbeatInterval / time.Second)}
-	status, offlineSeq := b.status.forHeartbeat(a.id)
-	resp.Status = string(status)
-	resp.ShouldReconnect = b.deliver(ctx, a.id, a.ent, offlineSeq)
+	resp.Status = string(a.status)
+	resp.ShouldReconnect = b.deliver(ctx, a.id, a.ent, a.offlineSeq)
 	return hbOutcome{status: http.StatusOK, resp: resp}
 }
 
