@@ -124,3 +124,34 @@ func TestComebackWithTheRealWorker(t *testing.T) {
 		t.Errorf("history %v, want %v", got, wantEv)
 	}
 }
+
+// The answer's status and comeback candidate are read when the heartbeat is
+// admitted, before it is published (the single endpoint and gateway batches
+// share admitHeartbeat and settleHeartbeat). Once it is published, the worker
+// may decide its → connected and the transitions feed apply it before the
+// PubAck is handled: the answer must still say what was decided before this
+// heartbeat (disconnected) and carry the comeback. This is that interleaving,
+// forced: the feed's update lands between the PubAck and the answer.
+func TestHeartbeatAnsweredWithTheStatusBeforeIt(t *testing.T) {
+	e := newEnv(t)
+	tok := e.register("d", "")
+	ctx := context.Background()
+	e.br.status.apply("d", events.StatusDisconnected, 5)
+	ent, err := e.reg.Authenticate(ctx, "d", tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _, ok := e.br.admitHeartbeat("d", &heartbeatBody{}, ent, t0, "")
+	if !ok {
+		t.Fatal("heartbeat not admitted")
+	}
+	ack, err := e.br.publishWithID(ctx, a.in, a.msgID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.br.status.apply("d", events.StatusConnected, 6) // the worker's decision for this heartbeat, already fed
+	out := e.br.settleHeartbeat(ctx, &a, ack, nil, true)
+	if out.status != 200 || out.resp.Status != string(events.StatusDisconnected) || !out.resp.ShouldReconnect {
+		t.Fatalf("answer %d %+v, want 200 disconnected with should_reconnect", out.status, out.resp)
+	}
+}
