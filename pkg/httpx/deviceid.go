@@ -14,6 +14,10 @@ const DevicesPrefix = "/v1/devices/"
 // idPlaceholder replaces the id segment in the path the mux sees.
 const idPlaceholder = "~"
 
+// IDInQuery is the id segment that takes the device id from the "id" query
+// parameter (see [DeviceIDs]).
+const IDInQuery = "~"
+
 type deviceIDKey struct{}
 
 // DeviceIDs wraps a mux so that every device id works in a path, including
@@ -24,6 +28,13 @@ type deviceIDKey struct{}
 // and hands the mux a path with a placeholder segment, so a pattern such as
 // "POST /v1/devices/{id}/heartbeat" matches. Handlers read the id with
 // [DeviceID]. A segment that is not valid percent-encoding gets 400.
+//
+// Browsers cannot send the ids "." and "..": the WHATWG URL standard removes
+// the segments ".", "..", "%2E" and "%2E%2E" (any case) before the request
+// leaves, so "/v1/devices/%2E%2E/transitions" arrives as "/v1/transitions".
+// For them (and for any id) the segment may be [IDInQuery], "~", with the id
+// in the "id" query parameter: "/v1/devices/~/transitions?id=..". Without an
+// "id" parameter "~" is the device "~"; a repeated "id" gets 400.
 func DeviceIDs(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		esc := r.URL.EscapedPath()
@@ -37,6 +48,15 @@ func DeviceIDs(next http.Handler) http.Handler {
 		if err != nil {
 			WriteError(w, http.StatusBadRequest, CodeInvalidDeviceID, "device id in the path is not valid percent-encoding")
 			return
+		}
+		if id == IDInQuery {
+			if vs, ok := r.URL.Query()["id"]; ok {
+				if len(vs) != 1 {
+					WriteError(w, http.StatusBadRequest, CodeInvalidDeviceID, "id is given more than once")
+					return
+				}
+				id = vs[0]
+			}
 		}
 		r2 := r.WithContext(context.WithValue(r.Context(), deviceIDKey{}, id))
 		u := *r.URL
@@ -53,6 +73,17 @@ func DeviceIDs(next http.Handler) http.Handler {
 		r2.URL = &u
 		next.ServeHTTP(w, r2)
 	})
+}
+
+// DevicePath returns the path of a device's resource (for a Location header
+// or a link): [DevicesPrefix] and the id escaped as one path segment, or, for
+// "." and ".." (which clients drop as dot segments however they are
+// escaped), DevicesPrefix + "~?id=" and the escaped id (see [DeviceIDs]).
+func DevicePath(id string) string {
+	if id == "." || id == ".." {
+		return DevicesPrefix + IDInQuery + "?id=" + url.QueryEscape(id)
+	}
+	return DevicesPrefix + url.PathEscape(id)
 }
 
 // DeviceID returns the device id of a request routed through [DeviceIDs],
