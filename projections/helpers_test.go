@@ -44,11 +44,7 @@ func TestMain(m *testing.M) {
 	if name, _ := time.Date(2026, 7, 1, 0, 0, 0, 0, time.Local).Zone(); name != "CEST" {
 		panic("time.Local is not Europe/Berlin: " + name)
 	}
-	goleak.VerifyTestMain(m,
-		// Long-lived goroutines of code we do not own, started at init.
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server/pse.periodic"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server/pse.updateUsage"),
-	)
+	goleak.VerifyTestMain(m, testenv.LeakOptions()...)
 }
 
 const testPartitions = 4
