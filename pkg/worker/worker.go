@@ -588,6 +588,15 @@ func (o *publisher) flush(ctx context.Context) error {
 		backoff := 50 * time.Millisecond
 		for err != nil {
 			if isFenceError(err) {
+				// JetStream checks the expected sequence before the
+				// Nats-Msg-Id, so a retry of a publish that was stored but
+				// whose ack was lost, or the same transition published by
+				// another worker running the same log, fails here too: that
+				// is not a fence if the device's last transition is this one.
+				if seq, ok := o.alreadyStored(ctx, it); ok {
+					ack, err = &jetstream.PubAck{Stream: events.TransitionStream, Sequence: seq, Duplicate: true}, nil
+					break
+				}
 				return fmt.Errorf("%w (partition %d, device %q, expected last seq %d): %v", ErrFenced, o.p, it.sc.Device, it.exp, err)
 			}
 			if ctx.Err() != nil {
@@ -605,6 +614,24 @@ func (o *publisher) flush(ctx context.Context) error {
 		o.settled(it, ack)
 	}
 	return nil
+}
+
+// alreadyStored reports whether the device's last transition in the stream
+// is it (same transition id), and its sequence.
+func (o *publisher) alreadyStored(ctx context.Context, it *inflightTransition) (uint64, bool) {
+	st, err := o.js.Stream(ctx, events.TransitionStream)
+	if err != nil {
+		return 0, false
+	}
+	m, err := st.GetLastMsgForSubject(ctx, it.subj)
+	if err != nil {
+		return 0, false
+	}
+	sc, err := events.DecodeStatusChanged(m.Data)
+	if err != nil || sc.ID != it.sc.ID {
+		return 0, false
+	}
+	return m.Sequence, true
 }
 
 func (o *publisher) settled(it *inflightTransition, ack *jetstream.PubAck) {

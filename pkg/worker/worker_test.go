@@ -316,3 +316,35 @@ func TestWorkerSkipsMalformedInput(t *testing.T) {
 		t.Fatalf("got %v", summarize(got, t0))
 	}
 }
+
+// JetStream checks the expected last sequence before the Nats-Msg-Id: the
+// same transition published again (a retry after a lost ack, or a second
+// worker running the same log during a switch-over) must count as stored,
+// not as a fence, and must not be stored twice.
+func TestPublisherSameTransitionTwiceIsNotAFence(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{Partitions: 1})
+	ctx := context.Background()
+	mk := func() *publisher {
+		st := newPartition(0, 1, testThresholds, Probing{})
+		st.apply(1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()}, nil)
+		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil), st: st}
+		if err := o.init(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	sc := &events.StatusChanged{V: 1, Device: "A", From: events.StatusRegistered, To: events.StatusConnected,
+		ReasonCode: events.ReasonHeartbeat, At: time.Now(), Cause: events.Cause{Seq: 7}}
+	sc.ID = sc.MsgID()
+	a, c := mk(), mk()
+	if err := a.publish(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	again := *sc
+	if err := c.publish(ctx, &again); err != nil {
+		t.Fatalf("the same transition from a second worker: %v", err)
+	}
+	if got := transitions(t, b, 1); len(got) != 1 {
+		t.Fatalf("%d transitions stored", len(got))
+	}
+}
