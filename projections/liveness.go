@@ -178,10 +178,14 @@ SELECT u.id FROM u WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.id = u.id)`
 // nor registered in the batch are ignored and counted as unknown.
 func writeLiveness(ctx context.Context, tx *sqlx.Tx, items []lvItem) (writeResult, error) {
 	deltas := make(map[string]*lvDelta, len(items))
+	hbOnly := true
 	for _, it := range items {
 		switch it.ev.Type {
 		case events.TypeTick, events.TypeReconnectRequested, events.TypeReconnectDelivered:
 			continue // nothing projected
+		case events.TypeHeartbeat:
+		default:
+			hbOnly = false
 		}
 		d := deltas[it.ev.Device]
 		if d == nil {
@@ -198,6 +202,9 @@ func writeLiveness(ctx context.Context, tx *sqlx.Tx, items []lvItem) (writeResul
 		ids = append(ids, id)
 	}
 	slices.Sort(ids) // bytewise, like COLLATE "C"
+	if hbOnly && heartbeatUpdates {
+		return writeHeartbeats(ctx, tx, ids, deltas)
+	}
 	n := len(ids)
 	var (
 		seqs                                                = make([]int64, n)
@@ -223,6 +230,76 @@ func writeLiveness(ctx context.Context, tx *sqlx.Tx, items []lvItem) (writeResul
 	var res writeResult
 	for _, id := range unknown {
 		res.unknown += deltas[id].count
+	}
+	return res, nil
+}
+
+// heartbeatUpdates enables updateHeartbeatsSQL (BenchmarkLivenessBatch
+// compares it with the upsert).
+var heartbeatUpdates = true
+
+// updateHeartbeatsSQL is upsertLivenessSQL for a batch of heartbeats only
+// (a fleet in its steady state): for a stored device it sets exactly what
+// the upsert sets for a delta without registration, decommission, probe or
+// remote-control change (last heartbeat and metrics, merged by event time,
+// and liveness_seq, guarded by it); a device without a row is not updated
+// (the upsert ignores it too). As a plain UPDATE it skips the upsert's
+// existence probe, its anti-join and the CASE of every other column:
+// BenchmarkLivenessBatch measures both (docs/performance.md). Rows are taken
+// in id order, as the upsert does.
+const updateHeartbeatsSQL = `
+UPDATE devices AS d SET
+    last_heartbeat_at = GREATEST(d.last_heartbeat_at, u.hb_at::timestamptz),
+    metrics = CASE WHEN u.metrics_at <> '' AND (d.metrics_at IS NULL OR u.metrics_at::timestamptz >= d.metrics_at)
+                   THEN u.metrics::jsonb ELSE d.metrics END,
+    metrics_at = GREATEST(d.metrics_at, NULLIF(u.metrics_at, '')::timestamptz),
+    liveness_seq = u.seq
+FROM (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[]) AS u(id, seq, hb_at, metrics, metrics_at)
+      ORDER BY u.id COLLATE "C") AS u
+WHERE d.id = u.id AND d.liveness_seq < u.seq
+RETURNING d.id`
+
+// writeHeartbeats applies a heartbeat-only batch (updateHeartbeatsSQL).
+// Devices it did not update are either unknown (counted, as the upsert
+// counts them) or already at a newer liveness_seq (a re-applied batch).
+func writeHeartbeats(ctx context.Context, tx *sqlx.Tx, ids []string, deltas map[string]*lvDelta) (writeResult, error) {
+	n := len(ids)
+	seqs, hbAts, mets, metAts := make([]int64, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, id := range ids {
+		d := deltas[id]
+		seqs[i], hbAts[i], mets[i], metAts[i] = int64(d.seq), pgTime(d.hbAt), string(d.metrics), pgTime(d.metricsAt)
+	}
+	var updated []string
+	if err := tx.SelectContext(ctx, &updated, updateHeartbeatsSQL,
+		pq.StringArray(ids), pq.Int64Array(seqs), pq.StringArray(hbAts), pq.StringArray(mets), pq.StringArray(metAts)); err != nil {
+		return writeResult{}, fmt.Errorf("update device liveness: %w", err)
+	}
+	var res writeResult
+	if len(updated) == n {
+		return res, nil
+	}
+	done := make(map[string]bool, len(updated))
+	for _, id := range updated {
+		done[id] = true
+	}
+	var missing []string
+	for _, id := range ids {
+		if !done[id] {
+			missing = append(missing, id)
+		}
+	}
+	var stored []string
+	if err := tx.SelectContext(ctx, &stored, `SELECT id FROM devices WHERE id = ANY($1::text[])`, pq.StringArray(missing)); err != nil {
+		return writeResult{}, fmt.Errorf("look up devices: %w", err)
+	}
+	known := make(map[string]bool, len(stored))
+	for _, id := range stored {
+		known[id] = true
+	}
+	for _, id := range missing {
+		if !known[id] {
+			res.unknown += deltas[id].count
+		}
 	}
 	return res, nil
 }

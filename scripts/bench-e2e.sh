@@ -100,8 +100,11 @@ for _ in $(seq 150); do
 	sleep 0.2
 done
 
+# The embedded NATS listener takes clients with its token (kept in --data-dir/nats-token).
+for _ in $(seq 50); do [[ -s $scratch/data/nats-token ]] && break; sleep 0.1; done
+natsurl="nats://$(cat "$scratch/data/nats-token")@127.0.0.1:$nats_port"
 start_worker() {
-	DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$bin/devstatus" serve --roles worker --nats-url "nats://127.0.0.1:$nats_port" \
+	DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$bin/devstatus" serve --roles worker --nats-url "$natsurl" \
 		--http-addr "127.0.0.1:$worker_port" --admin-token "$admin" --ping-token "$admin-ping" "${common[@]}" >>"$out/worker.log" 2>&1 &
 	wrk=$!
 	pids+=("$wrk")
@@ -110,6 +113,7 @@ note "starting the worker (second process, over NATS/TCP)"
 start_worker
 for _ in $(seq 150); do
 	curl -fsS "127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && curl -fsS "127.0.0.1:$worker_port/healthz" >/dev/null 2>&1 && break
+	kill -0 "$wrk" 2>/dev/null || { echo "bench: the worker did not start:" >&2; tail -5 "$out/worker.log" >&2; exit 1; }
 	sleep 0.2
 done
 

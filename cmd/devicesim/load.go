@@ -53,6 +53,7 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&cfg.RegisterConcurrency, "register-concurrency", 64, "registrations in flight")
 	fs.StringVar(&cfg.Prefix, "prefix", "", `id prefix (default "ld-<random>-")`)
 	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Second, "timeout of one request")
+	fs.BoolVar(&cfg.NoWarmup, "no-warmup", false, "skip the warm-up (one heartbeat of every device, then wait for the lag to drain)")
 	fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds of baseline then service closed loops (-1: none)")
 	fs.DurationVar(&cfg.RoundDuration, "round-duration", 10*time.Second, "duration of each closed loop of a round")
 	fs.StringVar(&cfg.BaselineURL, "baseline-url", "", "a running baseline server (default: start `devicesim baseline-server`)")

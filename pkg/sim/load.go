@@ -76,6 +76,13 @@ type LoadConfig struct {
 	Prefix string
 	// Timeout bounds one request. Default 10 s.
 	Timeout time.Duration
+	// NoWarmup skips the warm-up: after registration, one heartbeat of every
+	// device (each becomes connected: one transition each, the fleet's
+	// onboarding), then a wait until the service's lag drains, so that the
+	// timed phases measure a fleet in its steady state.
+	NoWarmup bool
+	// MaxWarmupDrain bounds the wait after the warm-up. Default 15 min.
+	MaxWarmupDrain time.Duration
 
 	// Rounds of baseline and service closed loops. Default 3; negative: none.
 	Rounds int
@@ -160,6 +167,9 @@ func (c *LoadConfig) setDefaults() {
 	}
 	if c.MaxDrain == 0 {
 		c.MaxDrain = 20 * time.Second
+	}
+	if c.MaxWarmupDrain == 0 {
+		c.MaxWarmupDrain = 15 * time.Minute
 	}
 	if c.SustainFraction == 0 {
 		c.SustainFraction = 1
@@ -260,6 +270,9 @@ func Load(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 
 	if err := r.register(ctx, rep); err != nil {
 		return nil, err
+	}
+	if err := r.warmup(ctx, rep); err != nil {
+		return rep, err
 	}
 	if err := r.rounds(ctx, rep); err != nil {
 		return rep, err
@@ -367,6 +380,7 @@ type counters struct {
 	cpu      map[string]float64 // process CPU seconds by name (metrics sources and pids)
 	worker   float64            // worker events applied
 	proj     float64            // liveness projection events
+	trans    float64            // transitions published
 }
 
 func (r *loadRun) counters(ctx context.Context) counters {
@@ -376,6 +390,7 @@ func (r *loadRun) counters(ctx context.Context) counters {
 			c.cpu[name] = ps.CPUSeconds
 			c.worker += ps.WorkerEvents
 			c.proj += ps.ProjEvents["liveness"]
+			c.trans += ps.Transitions
 		}
 	}
 	for _, p := range r.cfg.CPUPIDs {
@@ -395,12 +410,14 @@ func (r *loadRun) lagNow(ctx context.Context) float64 {
 
 // drain waits until the service's lag is small (or MaxDrain passed) and
 // returns how long it took.
-func (r *loadRun) drain(ctx context.Context) time.Duration {
+func (r *loadRun) drain(ctx context.Context) time.Duration { return r.drainFor(ctx, r.cfg.MaxDrain) }
+
+func (r *loadRun) drainFor(ctx context.Context, limit time.Duration) time.Duration {
 	start := time.Now()
 	if len(r.cfg.Metrics) == 0 {
 		return 0
 	}
-	for time.Since(start) < r.cfg.MaxDrain && ctx.Err() == nil {
+	for time.Since(start) < limit && ctx.Err() == nil {
 		if r.lagNow(ctx) < 100 {
 			break
 		}

@@ -355,6 +355,70 @@ loop:
 	return ctx.Err()
 }
 
+// ---- warm-up: every device once ------------------------------------------------
+
+func (r *loadRun) warmup(ctx context.Context, rep *LoadReport) error {
+	if r.cfg.NoWarmup || len(r.ids)+len(r.gwIDs) == 0 {
+		return nil
+	}
+	r.setPhase("warmup")
+	ps := &phaseStats{}
+	a := r.counters(ctx)
+	clk := &clockText{}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go clk.run(cctx)
+	var nextSingle, nextGW atomic.Int64
+	var wg sync.WaitGroup
+	for range r.cfg.Concurrency {
+		w, err := r.newSingleWorker(r.cfg.URL, clk)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			defer w.rc.close()
+			for ctx.Err() == nil {
+				i := int(nextSingle.Add(1) - 1)
+				if i >= len(r.ids) {
+					return
+				}
+				w.send(ps, i)
+			}
+		})
+	}
+	for range r.cfg.GatewayConcurrency {
+		w, err := r.newGatewayWorker(clk)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			defer w.rc.close()
+			for ctx.Err() == nil {
+				g := int(nextGW.Add(1) - 1)
+				if g >= len(r.gwIDs) {
+					return
+				}
+				w.send(ps, g)
+			}
+		})
+	}
+	wg.Wait()
+	sent := time.Since(a.at)
+	drained := r.drainFor(ctx, r.cfg.MaxWarmupDrain)
+	b := r.counters(ctx)
+	res := r.phaseResult("warmup", "mixed", "closed", 0, ps, a, b)
+	rep.Phases = append(rep.Phases, res)
+	w := &WarmupResult{Heartbeats: b.accepted - a.accepted, SendSeconds: round3(sent.Seconds()), DrainSeconds: round3(drained.Seconds()),
+		Transitions: b.trans - a.trans, LagEnd: r.lagNow(ctx)}
+	if secs := b.at.Sub(a.at).Seconds(); secs > 0 {
+		w.TransitionsPS = round1(w.Transitions / secs)
+	}
+	rep.Warmup = w
+	r.log.Info("warm-up", slog.Int64("heartbeats", w.Heartbeats), slog.Float64("send_s", w.SendSeconds),
+		slog.Float64("drain_s", w.DrainSeconds), slog.Float64("transitions", w.Transitions), slog.Any("first_error", firstErr(ps)))
+	return ctx.Err()
+}
+
 // ---- rounds: baseline vs service ---------------------------------------------
 
 func (r *loadRun) rounds(ctx context.Context, rep *LoadReport) error {

@@ -21,6 +21,7 @@ type LoadReport struct {
 	Config   any       `json:"config"`
 
 	Registration *RegistrationResult `json:"registration,omitempty"`
+	Warmup       *WarmupResult       `json:"warmup,omitempty"`
 	Rounds       []RoundResult       `json:"rounds,omitempty"`
 	// RatioMedian is the median over the rounds of the service's accepted
 	// heartbeats/s divided by the baseline's in the same round;
@@ -61,6 +62,18 @@ type RegistrationResult struct {
 	Seconds  float64            `json:"seconds"`
 	PerSec   float64            `json:"per_s"`
 	CPUCores map[string]float64 `json:"cpu_cores"`
+}
+
+// WarmupResult is the fleet's onboarding: one heartbeat of every device,
+// each making its device connected (a transition), then the wait until the
+// service's lag drained.
+type WarmupResult struct {
+	Heartbeats    int64   `json:"heartbeats"`
+	SendSeconds   float64 `json:"send_s"`
+	DrainSeconds  float64 `json:"drain_s"`
+	Transitions   float64 `json:"transitions"`
+	TransitionsPS float64 `json:"transitions_per_s"`
+	LagEnd        float64 `json:"lag_end_events"`
 }
 
 // RoundResult is one baseline-then-service pair of closed loops.
@@ -300,6 +313,10 @@ func (rep *LoadReport) String() string {
 		rep.Started.Format(time.RFC3339), rep.Host.Cores, rep.Host.LoadStart, rep.Host.LoadEnd)
 	if r := rep.Registration; r != nil {
 		fmt.Fprintf(&b, "registration: %d devices, %d gateways in %.1f s (%.0f/s)\n", r.Devices, r.Gateways, r.Seconds, r.PerSec)
+	}
+	if w := rep.Warmup; w != nil {
+		fmt.Fprintf(&b, "warm-up: %d first heartbeats sent in %.1f s, %.0f transitions, drained %.1f s later (%.0f transitions/s overall), lag at end %.0f\n",
+			w.Heartbeats, w.SendSeconds, w.Transitions, w.DrainSeconds, w.TransitionsPS, w.LagEnd)
 	}
 	if len(rep.Rounds) > 0 {
 		fmt.Fprintf(&b, "%-6s %12s %12s %12s %7s %7s %6s\n", "round", "baseline/s", "service/s", "chain/s", "ratio", "chain", "load1")

@@ -121,6 +121,8 @@ type promSample struct {
 	WorkerEvents float64
 	// Tracked: devstatus_worker_devices summed over partitions and statuses.
 	Tracked float64
+	// Transitions: devstatus_transitions_total summed.
+	Transitions float64
 	// Owned: devstatus_worker_partitions_owned.
 	Owned   float64
 	hasWork bool
@@ -183,6 +185,8 @@ func scrape(ctx context.Context, hc *http.Client, url string) promSample {
 			s.WorkerEvents += v
 		case "devstatus_worker_devices":
 			s.Tracked += v
+		case "devstatus_transitions_total":
+			s.Transitions += v
 		case "devstatus_worker_partitions_owned":
 			s.Owned, s.hasWork = v, true
 		case "process_cpu_seconds_total":
