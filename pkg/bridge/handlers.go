@@ -9,7 +9,6 @@ import (
 	"mime"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -419,7 +418,7 @@ func (b *Bridge) handleRegister(w http.ResponseWriter, r *http.Request) {
 		b.writeAdminError(w, r, id, err)
 		return
 	}
-	w.Header().Set("Location", httpx.DevicesPrefix+url.PathEscape(id))
+	w.Header().Set("Location", httpx.DevicePath(id)) // "~?id=" for "." and ".."
 	httpx.WriteJSON(w, http.StatusCreated, map[string]string{"id": id, "token": token})
 }
 
