@@ -72,7 +72,7 @@ func TestScenario10TimeZones(t *testing.T) {
 		now  float64
 		want []string
 	}{
-		{10, []string{"B"}}, // A silent 10s: not stale for 40s; B never heard: stale
+		{10, []string{"B"}}, // A silent 10s: not stale for 40s; B never heard, registered 70s ago: stale
 		{40, []string{"B"}}, // exactly 40s: not "longer than"
 		{40.001, []string{"A", "B"}},
 	} {

@@ -103,7 +103,12 @@ type ListFilter struct {
 	// Group keeps devices of this group.
 	Group string
 	// StaleFor > 0 keeps devices silent for longer than StaleFor at List's
-	// now: last heartbeat before now−StaleFor, or no heartbeat ever.
+	// now: the time since the last heartbeat or, for a device that never sent
+	// one, since its registration exceeds StaleFor (that time is before
+	// now−StaleFor). A device registered a minute ago and never heard from is
+	// not silent for five minutes. A device with neither time (its row came
+	// from a transition after the registration event left the input stream)
+	// counts as stale.
 	StaleFor time.Duration
 	// IDPrefix keeps devices whose id starts with these bytes (case
 	// sensitive; served by the primary key's byte order).
@@ -191,7 +196,11 @@ func (s *Store) List(ctx context.Context, f ListFilter, now time.Time) (*Page, e
 		where = append(where, "group_name = "+arg(f.Group))
 	}
 	if f.StaleFor > 0 {
-		where = append(where, "(last_heartbeat_at IS NULL OR last_heartbeat_at < "+arg(now.Add(-f.StaleFor).UTC())+")")
+		// COALESCE(last_heartbeat_at, registered_at) < cutoff, or both NULL;
+		// spelt out so the first branch can use devices_last_heartbeat_idx.
+		c := arg(now.Add(-f.StaleFor).UTC())
+		where = append(where, "(last_heartbeat_at < "+c+
+			" OR (last_heartbeat_at IS NULL AND (registered_at IS NULL OR registered_at < "+c+")))")
 	}
 	if f.IDPrefix != "" {
 		// LIKE with a constant prefix becomes a range scan of the C-collated

@@ -202,7 +202,7 @@ func doGet(t *testing.T, u, auth string, out any) (int, string) {
 //
 //	c1..c4   group "lobby", connected (heartbeat at 590, 580, 500, 100)
 //	o1, o2   group "lab", temporarily_offline (heartbeat at 60)
-//	d1       group "lab", disconnected (heartbeat at 0)
+//	d1       group "lab", disconnected (heartbeat at 60)
 //	r1       group "",    registered, never heard from
 //	gone     decommissioned
 //	odd ids  group "odd", connected
@@ -392,11 +392,15 @@ func TestListFilters(t *testing.T) {
 		{"status=registered", []string{"r1"}},
 		{"group=lab", []string{"d1", "o1", "o2"}},
 		{"group=nope", nil},
-		// now = 600: silent for longer than 30 s → heartbeat before 570 (or never).
+		// now = 600: silent for longer than 30 s → heartbeat before 570 (or,
+		// never heard from, registered before 570).
 		{"group=lobby&stale_for=30", []string{"c3", "c4"}},
 		{"group=lobby&stale_for=30s", []string{"c3", "c4"}},
 		{"group=lobby&stale_for=2m", []string{"c4"}},
-		{"stale_for=1h", []string{"r1"}},
+		{"stale_for=539", []string{"d1", "o1", "o2", "r1"}}, // heartbeat at 60; r1 registered at 0, never heard
+		{"stale_for=9m", []string{"r1"}},                    // silent 600 s
+		{"stale_for=10m", nil},                              // exactly 600 s is not "longer than"
+		{"stale_for=1h", nil},                               // r1 was registered 10 min ago: not silent for an hour
 		{"status=registered&stale_for=10", []string{"r1"}},
 		{"group=odd", odd},
 		{"group=odd&status=disconnected", nil},
