@@ -22,5 +22,7 @@
 // registers only GET patterns, so it shares a ServeMux with the bridge's
 // POST, PATCH and DELETE patterns on the same paths; the server wraps that
 // mux with httpx.DeviceIDs so that every device id (with "/", "." or "..",
-// spaces, non-ASCII) routes.
+// spaces, non-ASCII) routes; browsers, which drop "." and ".." segments even
+// percent-encoded, send those two as "/v1/devices/~…?id=.." (the dashboard
+// does).
 package readapi

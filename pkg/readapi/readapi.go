@@ -361,8 +361,10 @@ func (a *API) writeStoreError(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case errors.Is(err, projections.ErrNotFound):
 		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "no such device")
-	case errors.Is(err, projections.ErrInvalidFilter), errors.Is(err, projections.ErrInvalidCursor):
-		badRequest(w, err)
+	case errors.Is(err, projections.ErrInvalidCursor):
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, "invalid cursor: "+clientDetail(err, projections.ErrInvalidCursor, "not issued by this API"))
+	case errors.Is(err, projections.ErrInvalidFilter):
+		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, clientDetail(err, projections.ErrInvalidFilter, "invalid filter"))
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 	default:
@@ -371,6 +373,25 @@ func (a *API) writeStoreError(w http.ResponseWriter, r *http.Request, err error)
 	}
 }
 
+// clientDetail returns what follows sentinel in err's message ("projections:
+// invalid filter: limit must be in 1..1000" → "limit must be in 1..1000"), so
+// an API client never sees a Go package prefix; fallback when nothing
+// follows it (or the message does not contain it).
+func clientDetail(err, sentinel error, fallback string) string {
+	msg, prefix := err.Error(), sentinel.Error()
+	i := strings.Index(msg, prefix)
+	if i < 0 {
+		return fallback
+	}
+	if d := strings.TrimSpace(strings.TrimPrefix(msg[i+len(prefix):], ":")); d != "" {
+		return d
+	}
+	return fallback
+}
+
+// badRequest writes 400 with err's message; err must be one of this
+// package's own messages (no Go package prefix): store errors go through
+// writeStoreError.
 func badRequest(w http.ResponseWriter, err error) {
 	httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, err.Error())
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -288,6 +289,15 @@ func TestDevice(t *testing.T) {
 		if code, body := f.get(t, "/v1/devices/"+escape(id)+"/transitions", &trs); code != 200 || len(trs.Transitions) != 1 {
 			t.Errorf("GET transitions of %q: %d %s", id, code, body)
 		}
+		// The form browsers can send for "." and ".." (they drop those
+		// segments, even as %2E): "~" with the id in the query.
+		if code, body := f.get(t, "/v1/devices/~?id="+url.QueryEscape(id), &d); code != 200 || d.ID != id {
+			t.Errorf("GET device %q (~?id=): %d %s", id, code, body)
+		}
+		var av AvailabilityJSON
+		if code, body := f.get(t, "/v1/devices/~/availability?id="+url.QueryEscape(id), &av); code != 200 || av.ID != id {
+			t.Errorf("GET availability of %q (~?id=): %d %s", id, code, body)
+		}
 		// url.PathEscape leaves "." and ".." alone; the others route that way too.
 		if id != "." && id != ".." {
 			if code, body := f.get(t, "/v1/devices/"+url.PathEscape(id), &d); code != 200 || d.ID != id {
@@ -357,7 +367,18 @@ func TestErrors(t *testing.T) {
 		{"availability from after to", "/v1/devices/c1/availability?from=2026-01-02T03:05:00Z&to=2026-01-02T03:04:00Z", "", 400, httpx.CodeBadRequest},
 		{"availability from after now", "/v1/devices/c1/availability?from=2026-01-02T04:00:00Z", "", 400, httpx.CodeBadRequest},
 		{"availability bad to", "/v1/devices/c1/availability?to=later", "", 400, httpx.CodeBadRequest},
+		{"availability over 100 years", "/v1/devices/c1/availability?from=1900-01-01T00:00:00Z", "", 400, httpx.CodeBadRequest},
 	}
+	// Exact messages of 400s that come from the store's errors (which carry
+	// the Go package prefix "projections: invalid filter: …").
+	messages := map[string]string{
+		"bad sort":                    `sort must be one of id, -id, status_since, -status_since, last_heartbeat_at, -last_heartbeat_at; got "name"`,
+		"bad cursor":                  "invalid cursor: not base64url",
+		"cursor of a NUL id":          "invalid cursor: device id contains a control or non-printable character (at byte 0)",
+		"id cursor with another sort": "invalid cursor: the cursor belongs to sort=id, not sort=-id",
+		"sorted cursor with id sort":  "invalid cursor: the cursor belongs to sort=-id, not sort=id",
+	}
+	goPrefix := regexp.MustCompile(`\b(projections|readapi|events|httpx|registry|bridge|sql|pq|pgx)(/[a-z]+)?: `)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			auth := c.auth
@@ -371,6 +392,12 @@ func TestErrors(t *testing.T) {
 			var eb httpx.ErrorBody
 			if err := json.Unmarshal([]byte(body), &eb); err != nil || eb.Error.Code != c.errCode || eb.Error.Message == "" {
 				t.Errorf("%s: error body %s, want code %q", c.path, body, c.errCode)
+			}
+			if goPrefix.MatchString(eb.Error.Message) {
+				t.Errorf("%s: the message leaks a Go package prefix: %q", c.path, eb.Error.Message)
+			}
+			if want, ok := messages[c.name]; ok && eb.Error.Message != want {
+				t.Errorf("%s: message %q, want %q", c.path, eb.Error.Message, want)
 			}
 		})
 	}
