@@ -72,16 +72,19 @@ func TestDashboardInChromium(t *testing.T) {
 
 	// A small fleet: steady devices (kept connected), devices that go quiet
 	// (offline, then disconnected), devices never heard from.
+	var tokMu sync.Mutex // devices are registered while the steady ones heartbeat
 	tokens := map[string]string{}
+	setToken := func(id, tok string) { tokMu.Lock(); tokens[id] = tok; tokMu.Unlock() }
+	token := func(id string) string { tokMu.Lock(); defer tokMu.Unlock(); return tokens[id] }
 	register := func(id, group string) {
 		code, out := post(t, "POST", base+"/v1/devices", admin, map[string]string{"id": id, "group": group})
 		if code != 201 {
 			t.Fatalf("register %s: %d %v", id, code, out)
 		}
-		tokens[id] = out["token"].(string)
+		setToken(id, out["token"].(string))
 	}
 	heartbeat := func(id string, metrics map[string]any) {
-		code, out := post(t, "POST", base+"/v1/devices/"+url.PathEscape(id)+"/heartbeat", tokens[id], map[string]any{"metrics": metrics})
+		code, out := post(t, "POST", base+"/v1/devices/"+url.PathEscape(id)+"/heartbeat", token(id), map[string]any{"metrics": metrics})
 		if code != 200 {
 			t.Errorf("heartbeat %s: %d %v", id, code, out)
 		}
@@ -239,4 +242,127 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshots in %s", shots)
+
+	// Devices named "." and "..": a browser drops such path segments, even
+	// percent-encoded ("/v1/devices/%2E%2E/transitions" is sent as
+	// "/v1/transitions"), and the device page said "No such device". They
+	// open from the table, with their history and the admin actions.
+	// A registration's Location names the device in a form a browser keeps
+	// ("/v1/devices/~?id=.."), and reading it gives that device.
+	for _, id := range []string{"..", "."} {
+		b, _ := json.Marshal(map[string]string{"id": id, "group": "dots"})
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/devices", bytes.NewReader(b))
+		req.Header.Set("Authorization", "Bearer "+admin)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		loc := resp.Header.Get("Location")
+		if resp.StatusCode != 201 || loc != "/v1/devices/~?id="+url.QueryEscape(id) {
+			t.Fatalf("register %q: %d %v, Location %q", id, resp.StatusCode, out, loc)
+		}
+		setToken(id, out["token"].(string))
+		// Resolved the way a browser resolves a Location, then read.
+		abs, err := url.Parse(base + "/v1/devices/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, _ := url.Parse(loc)
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) { // (once projected)
+			req, _ = http.NewRequest(http.MethodGet, abs.ResolveReference(ref).String(), nil)
+			req.Header.Set("Authorization", "Bearer "+admin)
+			if resp, err = http.DefaultClient.Do(req); err != nil {
+				t.Fatal(err)
+			}
+			var dev map[string]any
+			_ = json.NewDecoder(resp.Body).Decode(&dev)
+			resp.Body.Close()
+			if resp.StatusCode == 200 && dev["id"] == id {
+				break
+			}
+			if resp.StatusCode != 404 || time.Now().After(deadline) {
+				t.Fatalf("GET the Location of %q: %d %v", id, resp.StatusCode, dev)
+			}
+		}
+	}
+	heartbeat("..", map[string]any{"battery": 12})
+	waitListed := func(query string, n int) { // the projection has them (the table is read once per visit)
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			var page struct {
+				Devices []map[string]any `json:"devices"`
+			}
+			req, _ := http.NewRequest(http.MethodGet, base+"/v1/devices?"+query, nil)
+			req.Header.Set("Authorization", "Bearer "+admin)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				_ = json.NewDecoder(resp.Body).Decode(&page)
+				resp.Body.Close()
+			}
+			if len(page.Devices) == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d devices listed, want %d", query, len(page.Devices), n)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitListed("group=dots", 2)
+	run("fleet with dot ids",
+		chromedp.Evaluate[chromedp.Void](`location.hash = '#/?group=dots'`),
+		chromedp.WaitVisible(css(row(".."))),
+		chromedp.WaitVisible(css(row("."))))
+	for _, id := range []string{"..", "."} {
+		run("open "+id,
+			chromedp.Evaluate[chromedp.Void](`location.hash = '#/?group=dots'`),
+			chromedp.WaitVisible(css(row(id)+` a.dev-link`)),
+			chromedp.Click(css(row(id)+` a.dev-link`)),
+			poll(fmt.Sprintf(`document.querySelector('.dev-head h1') && document.querySelector('.dev-head h1').textContent === %q && !!document.querySelector('.dev-head span.badge')`, id)),
+			chromedp.WaitVisible(css(`#timeline svg.timeline rect.seg`)),
+			chromedp.WaitVisible(css(`#history tr`)))
+		if head := get("head "+id, chromedp.Text(css(`.dev-head`))); strings.Contains(head, "No such device") {
+			t.Errorf("device page of %q: %q", id, head)
+		}
+		if hash := get("hash "+id, chromedp.Evaluate[string](`location.hash`)); strings.Contains(strings.TrimPrefix(hash, "#/device/"), ".") {
+			t.Errorf("device link of %q: %q (dots not encoded)", id, hash)
+		}
+	}
+	// ".." was heard from: its metrics, its transition, and the admin actions
+	// reach it (bridge routes).
+	run("open ..", chromedp.Evaluate[chromedp.Void](`location.hash = '#/device/' + encodeId('..')`),
+		chromedp.WaitVisible(css(`#metrics`)),
+		chromedp.WaitVisible(css(`#history span.badge.connected`)),
+		chromedp.Click(css(`#reconnect`)),
+		poll(`document.getElementById('action-msg').textContent.startsWith('Reconnect requested')`))
+	if code, out := post(t, "POST", base+"/v1/devices/%2E%2E/heartbeat", token(".."), map[string]any{}); code != 200 || out["should_reconnect"] != true {
+		t.Errorf("heartbeat of .. after the dashboard's reconnect: %d %v", code, out)
+	}
+	// Every URL the page builds for odd ids reaches exactly that device,
+	// fetched by the page (so with the browser's URL rules).
+	oddIDs := []string{"..", ".", "~", "...", "%2E%2E", "a/../b", "x?y#z&id=1"}
+	for _, id := range oddIDs[2:] {
+		register(id, "odd")
+	}
+	waitListed("group=odd", len(oddIDs)-2)
+	ids, _ := json.Marshal(oddIDs)
+	fetched := get("fetch odd ids", chromedp.Evaluate[string](fmt.Sprintf(`(async () => {
+		const bad = [];
+		for (const id of %s) {
+			for (const sub of ['', 'transitions', 'status', 'availability']) {
+				const u = devURL(id, sub, sub === 'transitions' ? { limit: 5 } : {});
+				const r = await fetch(u, { headers: { Authorization: 'Bearer ' + %q } });
+				const b = await r.json();
+				if (r.status !== 200 || (sub !== 'transitions' && b.id !== id)) bad.push(id + ' ' + sub + ' ' + u + ': ' + r.status + ' ' + JSON.stringify(b));
+			}
+		}
+		return bad.join('\n');
+	})()`, ids, admin), chromedp.EvalAwaitPromise))
+	if fetched != "" {
+		t.Errorf("dashboard URLs that miss their device:\n%s", fetched)
+	}
 }

@@ -67,8 +67,23 @@ function fmtTick(d, spanMs) {
   return d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 }
 
-function devHref(id) { return '#/device/' + encodeURIComponent(id); }
-function devPath(id) { return '/v1/devices/' + encodeURIComponent(id); }
+// Device URLs. An id is one path segment: percent-encoded, every "." too
+// (%2E), so no id reads as a dot segment in a link. That is not enough for
+// the API: browsers (the WHATWG URL standard) also drop the segments "%2E"
+// and "%2E%2E" ("/v1/devices/%2E%2E/transitions" would be sent as
+// "/v1/transitions"), so for the ids "." and ".." the path carries "~" and
+// the id goes in the "id" query parameter (pkg/httpx.DeviceIDs).
+function encodeId(id) { return encodeURIComponent(id).replace(/\./g, '%2E'); }
+function devHref(id) { return '#/device/' + encodeId(id); }
+// devURL returns the API URL of a device's resource: sub is "" (the device)
+// or "transitions", "status" …; params an object of query parameters.
+function devURL(id, sub, params) {
+  const q = new URLSearchParams(params || {});
+  let seg = encodeId(id);
+  if (id === '.' || id === '..') { seg = '~'; q.set('id', id); }
+  const qs = q.toString();
+  return '/v1/devices/' + seg + (sub ? '/' + sub : '') + (qs ? '?' + qs : '');
+}
 
 // ---- API -------------------------------------------------------------------
 
@@ -350,19 +365,23 @@ function deviceView(id, params) {
     try { msg.textContent = await fn(); } catch (e) { msg.textContent = label + ' failed: ' + e.message; }
   }
   const reconnect = h('button', { id: 'reconnect', onclick: () => act('Reconnect', async () => {
-    await api(devPath(id) + '/reconnect', { method: 'POST' });
+    await api(devURL(id, 'reconnect'), { method: 'POST' });
     return 'Reconnect requested: the device is told on its next heartbeat.';
   }) }, 'Request reconnect');
   const remote = h('button', { id: 'remote', onclick: () => act('Remote control', async () => {
     const want = !(v.dev && v.dev.remote_control_enabled);
-    await api(devPath(id), { method: 'PATCH', body: { remote_control_enabled: want } });
+    await api(devURL(id), { method: 'PATCH', body: { remote_control_enabled: want } });
     setTimeout(loadDevice, 500);
     return 'Remote control ' + (want ? 'enabled' : 'disabled') + ' (applied through the event log).';
   }) }, 'Remote control');
 
   async function loadDevice() {
     let d;
-    try { d = await api(devPath(id)); } catch (e) {
+    try {
+      d = await api(devURL(id));
+      // Never show another device's data (a path a proxy rewrote …).
+      if (d.id !== id) throw new APIError(0, 'wrong_device', 'the API answered for another device (' + d.id + ')');
+    } catch (e) {
       head.replaceChildren(h('h1', {}, id), h('span', { class: 'error' }, e.status === 404 ? 'No such device.' : e.message));
       return;
     }
@@ -400,24 +419,29 @@ function deviceView(id, params) {
     let start, trs, av;
     try {
       [start, trs, av] = await Promise.all([
-        api(devPath(id) + '/status?at=' + encodeURIComponent(iso(from))),
-        api(devPath(id) + '/transitions?limit=1000&from=' + encodeURIComponent(iso(from)) + '&to=' + encodeURIComponent(iso(to))),
-        api(devPath(id) + '/availability?from=' + encodeURIComponent(iso(from)) + '&to=' + encodeURIComponent(iso(to))),
+        api(devURL(id, 'status', { at: iso(from) })),
+        api(devURL(id, 'transitions', { limit: 1000, from: iso(from), to: iso(to) })),
+        api(devURL(id, 'availability', { from: iso(from), to: iso(to) })),
       ]);
     } catch (e) {
       chart.replaceChildren(h('p', { class: 'error' }, e.message));
       return;
     }
     if (S.view !== v) return;
+    if (start.id !== id || av.id !== id) {
+      chart.replaceChildren(h('p', { class: 'error' }, 'the API answered for another device'));
+      return;
+    }
     chart.replaceChildren(timeline(from, to, start.status || 'unknown', trs.transitions, v.dev && v.dev.registered_at));
-    legend.replaceChildren(...[...STATUSES, 'unknown'].filter((st) => av.seconds[st] > 0 && (st !== 'unknown' || av.percent[st] >= 0.05)).map((st) =>
+    // (percent is exact; seconds are whole and a short stay may round to 0)
+    legend.replaceChildren(...[...STATUSES, 'unknown'].filter((st) => av.percent[st] > 0 && (st !== 'unknown' || av.percent[st] >= 0.05)).map((st) =>
       h('span', { 'data-status': st }, h('span', { class: 'sw ' + st }), LABEL[st] + ' ' + av.percent[st].toFixed(1) + '%')));
     if (trs.transitions.length === 1000) legend.append(h('span', { class: 'note' }, 'only the first 1000 transitions of the window are drawn'));
   }
 
   async function loadHistory() {
     try {
-      const r = await api(devPath(id) + '/transitions?limit=50');
+      const r = await api(devURL(id, 'transitions', { limit: 50 }));
       if (S.view !== v) return;
       const rows = r.transitions.slice().reverse();
       hist.replaceChildren(...rows.map((t) => h('tr', {}, h('td', {}, when(t.at)), h('td', {}, badge(t.from), ' → ', badge(t.to)),
