@@ -13,7 +13,11 @@ ARGS          ?=
 TEST_TIMEOUT  ?= 20m
 FUZZTIME      ?= 10s
 TEST_FUZZTIME ?= 5s
-BENCH         ?= .
+# make bench: the micro-benchmarks of docs/performance.md (BENCH=. runs every benchmark of BENCH_PKGS).
+BENCH         ?= BenchmarkApply|BenchmarkPartition|BenchmarkSnapshotRestore|BenchmarkDecodeInput|BenchmarkDecodeHeartbeat|BenchmarkEncodeHeartbeatEvent|BenchmarkLimiter1M|BenchmarkRateWindowID|BenchmarkLivenessBatch|BenchmarkTransitionsBatch
+BENCH_PKGS    ?= ./pkg/statemachine ./pkg/worker ./pkg/bridge ./projections
+BENCH_TIME    ?= 300ms
+BENCH_E2E     ?= 1
 # golangci-lint, pinned, built from the Go module proxy on first use (about a minute, then cached).
 # GOLANGCI=0 skips it (gofmt + go vet only).
 GOLANGCI              ?= 1
@@ -23,7 +27,7 @@ GOLANGCI_LINT         ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/gola
 # Go files of the repository: tracked and new-but-not-ignored (skips ./data, ./.pgdata, ./bin).
 GO_FILES = git ls-files -co --exclude-standard -- '*.go' | while IFS= read -r f; do [ -f "$$f" ] && printf '%s\n' "$$f"; done
 
-.PHONY: help run build migrate test test-replay test-race test-short bench fuzz lint fmt pg-start pg-stop pg-status nats-up nats-down clean
+.PHONY: help run build migrate test test-replay test-race test-short bench bench-full bench-sync bench-profile fuzz lint fmt pg-start pg-stop pg-status nats-up nats-down clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -32,6 +36,7 @@ help: ## list the targets
 	@echo
 	@echo "variables: ARGS (extra flags for run), PKGS (default ./...), FUZZTIME (default 10s per target),"
 	@echo "           TEST_FUZZTIME (fuzz time per target inside 'make test', default 5s), BENCH (regexp),"
+	@echo "           BENCH_E2E=0 (micro-benchmarks only), BENCH_* of scripts/bench-e2e.sh (BENCH_GOGC, BENCH_ARGS …),"
 	@echo "           GOLANGCI=0 (lint without golangci-lint), DATABASE_URL (use this Postgres, start none)"
 
 run: ## run the service: local Postgres (unless DATABASE_URL is set), migrate, `devstatus serve` with embedded NATS in ./data; ARGS=flags
@@ -58,8 +63,21 @@ test-race: ## race tests only (no fuzz)
 test-short: ## quick tests (-short: integration tests skip themselves), no race detector
 	deploy/with-pg.sh --test $(GO) test -short -count=1 $(PKGS)
 
-bench: ## benchmarks (BENCH=regexp), with allocations
-	deploy/with-pg.sh --test $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem $(PKGS)
+bench: ## micro-benchmarks (BENCH=regexp, default the set of docs/performance.md), then a short end-to-end load run (< 5 min; BENCH_E2E=0 skips it); results in data/bench/latest
+	@mkdir -p data/bench
+	set -o pipefail; deploy/with-pg.sh --test $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCH_TIME) $(BENCH_PKGS) | tee data/bench/micro.txt
+ifneq ($(BENCH_E2E),0)
+	BENCH_MODE=short scripts/bench-e2e.sh
+endif
+
+bench-full: ## the end-to-end load run with 1 000 000 devices: gateway batches at 33 000/s for 10 min, worker restart (~35 min)
+	BENCH_MODE=full scripts/bench-e2e.sh
+
+bench-sync: ## the end-to-end load run with --sync always (fsync before every PubAck): single heartbeats and gateway batches
+	BENCH_SYNC=always scripts/bench-e2e.sh
+
+bench-profile: ## the short load run on a profiling build: CPU, allocation and mutex profiles of the service and the worker next to the report
+	BENCH_PPROF=1 scripts/bench-e2e.sh
 
 fuzz: ## run each Fuzz* target for FUZZTIME (go test -fuzz takes one target of one package at a time)
 	deploy/with-pg.sh --test scripts/fuzz.sh $(FUZZTIME)

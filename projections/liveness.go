@@ -3,9 +3,11 @@ package projections
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -30,7 +32,11 @@ func livenessKind() kind[lvItem] {
 }
 
 func decodeLiveness(m *rawMsg) (lvItem, error) {
-	ev, err := events.DecodeInput(m.Data)
+	ev, ok := fastHeartbeatEvent(m.Data)
+	var err error
+	if !ok {
+		ev, err = events.DecodeInput(m.Data)
+	}
 	if err != nil {
 		return lvItem{}, err
 	}
@@ -302,4 +308,218 @@ func writeHeartbeats(ctx context.Context, tx *sqlx.Tx, ids []string, deltas map[
 		}
 	}
 	return res, nil
+}
+
+// fastHeartbeatEvent is events.DecodeInput for a heartbeat as
+// events.EncodeInput writes it (keys in its order, each once, no white
+// space, strings read without escapes), reading what the liveness
+// projection uses — device, at and the metrics verbatim — and skipping the
+// rest; anything else gives ok false and goes through events.DecodeInput,
+// the authority on validity and errors (TestFastHeartbeatEventMatches).
+// docs/performance.md: encoding/json's reflection was the projector's
+// largest CPU cost after Postgres.
+func fastHeartbeatEvent(b []byte) (*events.Input, bool) {
+	s := evScan{b: b}
+	if !s.eat('{') {
+		return nil, false
+	}
+	in := &events.Input{Heartbeat: &events.Heartbeat{}}
+	order := [...]string{"v", "type", "id", "device", "at", "actor", "heartbeat"}
+	next := 0
+	for first := true; !s.eat('}'); first = false {
+		if !first && !s.eat(',') {
+			return nil, false
+		}
+		f, ok := s.key(order[:], &next)
+		if !ok {
+			return nil, false
+		}
+		switch f {
+		case 0:
+			if s.i >= len(s.b) || s.b[s.i] < '1' || s.b[s.i] > '0'+events.Version {
+				return nil, false
+			}
+			in.V = int(s.b[s.i] - '0')
+			s.i++
+		case 1:
+			v, ok := s.str()
+			if !ok || string(v) != string(events.TypeHeartbeat) {
+				return nil, false
+			}
+			in.Type = events.TypeHeartbeat
+		case 2, 3, 5:
+			v, ok := s.str()
+			if !ok {
+				return nil, false
+			}
+			switch f {
+			case 2:
+				in.ID = string(v)
+			case 3:
+				in.Device = string(v)
+			default:
+				in.Actor = string(v)
+			}
+		case 4:
+			start := s.i
+			if _, ok := s.str(); !ok || in.At.UnmarshalJSON(s.b[start:s.i]) != nil {
+				return nil, false
+			}
+		case 6:
+			if !s.heartbeat(in.Heartbeat) {
+				return nil, false
+			}
+		}
+	}
+	if s.i != len(s.b) || in.V < 1 || in.Type != events.TypeHeartbeat || in.Device == "" || in.At.IsZero() {
+		return nil, false
+	}
+	return in, true
+}
+
+// evScan reads the JSON events.EncodeInput writes.
+type evScan struct {
+	b []byte
+	i int
+}
+
+func (s *evScan) eat(c byte) bool {
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// key reads a key and its colon; it must be order[f] for some f >= *next
+// (the encoder's order, each key once), and advances *next past it.
+func (s *evScan) key(order []string, next *int) (int, bool) {
+	k, ok := s.str()
+	if !ok || !s.eat(':') {
+		return 0, false
+	}
+	for f := *next; f < len(order); f++ {
+		if order[f] == string(k) {
+			*next = f + 1
+			return f, true
+		}
+	}
+	return 0, false
+}
+
+// str reads a string without escapes, of valid UTF-8 (aliasing the input).
+func (s *evScan) str() ([]byte, bool) {
+	if !s.eat('"') {
+		return nil, false
+	}
+	j := bytes.IndexByte(s.b[s.i:], '"')
+	if j < 0 {
+		return nil, false
+	}
+	v := s.b[s.i : s.i+j]
+	for _, c := range v {
+		if c < 0x20 || c == '\\' {
+			return nil, false
+		}
+	}
+	if !utf8.Valid(v) {
+		return nil, false
+	}
+	s.i += j + 1
+	return v, true
+}
+
+// value skips one JSON value and returns its bytes (nesting and strings
+// with escapes followed; content not validated: the caller checks it).
+func (s *evScan) value() ([]byte, bool) {
+	start := s.i
+	if s.i >= len(s.b) {
+		return nil, false
+	}
+	switch s.b[s.i] {
+	case '"':
+		if !s.skipString() {
+			return nil, false
+		}
+	case '{', '[':
+		depth := 0
+		for s.i < len(s.b) {
+			switch s.b[s.i] {
+			case '"':
+				if !s.skipString() {
+					return nil, false
+				}
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					s.i++
+					return s.b[start:s.i], true
+				}
+			}
+			s.i++
+		}
+		return nil, false
+	default:
+		for s.i < len(s.b) && s.b[s.i] != ',' && s.b[s.i] != '}' && s.b[s.i] != ']' {
+			s.i++
+		}
+	}
+	return s.b[start:s.i], s.i > start
+}
+
+// skipString skips the string starting at the current quote.
+func (s *evScan) skipString() bool {
+	for s.i++; s.i < len(s.b); s.i++ {
+		switch s.b[s.i] {
+		case '\\':
+			s.i++
+		case '"':
+			s.i++
+			return true
+		}
+	}
+	return false
+}
+
+// heartbeat reads the heartbeat payload: device_time, metrics, via, in
+// order, each optional.
+func (s *evScan) heartbeat(hb *events.Heartbeat) bool {
+	if !s.eat('{') {
+		return false
+	}
+	order := [...]string{"device_time", "metrics", "via"}
+	next := 0
+	for first := true; !s.eat('}'); first = false {
+		if !first && !s.eat(',') {
+			return false
+		}
+		f, ok := s.key(order[:], &next)
+		if !ok {
+			return false
+		}
+		switch f {
+		case 0:
+			start := s.i
+			var t time.Time
+			if _, ok := s.str(); !ok || t.UnmarshalJSON(s.b[start:s.i]) != nil {
+				return false
+			}
+			hb.DeviceTime = &t
+		case 1:
+			v, ok := s.value()
+			if !ok || v[0] != '{' || !json.Valid(v) {
+				return false
+			}
+			hb.Metrics = bytes.Clone(v)
+		case 2:
+			v, ok := s.str()
+			if !ok {
+				return false
+			}
+			hb.Via = string(v)
+		}
+	}
+	return true
 }

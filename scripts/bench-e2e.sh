@@ -20,6 +20,7 @@
 #   BENCH_PPROF  1: build with -tags pprof and save 30 s CPU and allocation profiles of the service
 #                and the worker during the rounds (pprof endpoints on loopback)
 #   BENCH_ARGS   extra flags for devicesim load (override the mode's defaults)
+#   BENCH_GOGC   GOGC of the service processes (default: Go's 100); docs/performance.md compares
 #   BENCH_LABEL  label of the run in the report
 # Everything this script starts is stopped when it exits (by pid).
 set -euo pipefail
@@ -37,6 +38,8 @@ outroot=${BENCH_OUT:-$root/data/bench}
 out=$outroot/$stamp-$mode-sync-$sync
 mkdir -p "$out" "$scratch"
 admin=bench-admin-$RANDOM$RANDOM
+gogc=()
+[[ -n ${BENCH_GOGC:-} ]] && gogc=(GOGC="$BENCH_GOGC")
 
 note() { echo "bench: $*" >&2; }
 
@@ -89,7 +92,7 @@ if [[ $sync == always ]]; then
 fi
 
 note "starting devstatus (bridge, ticker, projector, api; embedded JetStream in $scratch/data, sync $sync)"
-DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_svc DATABASE_URL=$pgurl "$bin/devstatus" serve --roles bridge,ticker,projector,api \
+env "${gogc[@]}" DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_svc DATABASE_URL=$pgurl "$bin/devstatus" serve --roles bridge,ticker,projector,api \
 	--http-addr "127.0.0.1:$http_port" --nats-listen "127.0.0.1:$nats_port" --data-dir "$scratch/data" \
 	--admin-token "$admin" --ping-token "$admin-ping" "${common[@]}" "${rate[@]}" >"$out/service.log" 2>&1 &
 svc=$!
@@ -104,7 +107,7 @@ done
 for _ in $(seq 50); do [[ -s $scratch/data/nats-token ]] && break; sleep 0.1; done
 natsurl="nats://$(cat "$scratch/data/nats-token")@127.0.0.1:$nats_port"
 start_worker() {
-	DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$bin/devstatus" serve --roles worker --nats-url "$natsurl" \
+	env "${gogc[@]}" DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$bin/devstatus" serve --roles worker --nats-url "$natsurl" \
 		--http-addr "127.0.0.1:$worker_port" --admin-token "$admin" --ping-token "$admin-ping" "${common[@]}" >>"$out/worker.log" 2>&1 &
 	wrk=$!
 	pids+=("$wrk")
@@ -136,6 +139,7 @@ note "devicesim load ${load[*]} ${BENCH_ARGS:-}"
 "$bin/devicesim" load --url "http://127.0.0.1:$http_port" --admin-token "$admin" --log-level info \
 	--metrics "service=http://127.0.0.1:$http_port/metrics" --metrics "worker=http://127.0.0.1:$worker_port/metrics" \
 	--cpu-pid "postgres=$pgpid" --label "${BENCH_LABEL:-$mode, sync $sync}" --extra "mode=\"$mode\"" --extra "sync=\"$sync\"" \
+	--extra "gogc=\"${BENCH_GOGC:-100}\"" \
 	--out "$out/report.json" --plot "$out/plot.svg" "${load[@]}" ${BENCH_ARGS:-} | tee "$out/report.txt"
 
 if [[ $mode == full && $sync == default ]]; then

@@ -170,6 +170,7 @@ type Bridge struct {
 
 	running      atomic.Bool
 	lastAccepted atomic.Int64 // Unix ns (bridge clock) of the last accepted heartbeat
+	pub          pubConns     // connections of its own for publishing (pubconn.go)
 }
 
 // New builds a bridge. Errors wrap [ErrInvalidConfig], or are the
@@ -265,6 +266,10 @@ func (b *Bridge) Run(ctx context.Context) error {
 		return errors.New("bridge: Run is already running")
 	}
 	defer b.running.Store(false)
+	if err := b.pub.open(b.cfg.Bus); err != nil {
+		b.log.Warn("bridge: publishing on the shared connection", slog.Any("err", err))
+	}
+	defer b.pub.close()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {

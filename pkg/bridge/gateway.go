@@ -253,6 +253,7 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 		}
 	}
 	connected := b.cfg.Bus.NC.IsConnected()
+	js := b.pubJS() // one connection for the whole batch
 	waited := 0
 	for k := range admit {
 		if !connected {
@@ -269,7 +270,7 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 			errs[k] = err
 			continue
 		}
-		futures[k], errs[k] = b.cfg.Bus.JS.PublishAsync(events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
+		futures[k], errs[k] = js.PublishAsync(events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
 			jetstream.WithMsgID(admit[k].a.msgID), jetstream.WithExpectStream(events.InputStream))
 	}
 	for ; waited < len(admit); waited++ {

@@ -155,7 +155,7 @@ func (b *Bridge) publishWithID(ctx context.Context, in *events.Input, msgID stri
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
 	defer cancel()
 	start := b.cfg.Clock.Now()
-	ack, err := b.cfg.Bus.JS.Publish(ctx, events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
+	ack, err := b.pubJS().Publish(ctx, events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
 		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(events.InputStream))
 	if err != nil {
 		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()

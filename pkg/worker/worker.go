@@ -293,7 +293,7 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 			return fmt.Errorf("worker: metadata: %w", err)
 		}
 		seq := meta.Sequence.Stream
-		in, err := events.DecodeInput(msg.Data())
+		in, err := decodeInput(msg.Data()) // events.DecodeInput with a fast path (decode.go)
 		if err != nil {
 			// A malformed input can never be applied; the log keeps it for
 			// inspection. Skip it rather than block the partition.

@@ -1,0 +1,90 @@
+package bridge
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/pkg/bus"
+)
+
+// pubConnCount is the number of connections of its own the bridge
+// publishes input events on, with the embedded NATS server.
+const pubConnCount = 4
+
+// pubConns are in-process connections to the embedded NATS server that the
+// bridge publishes input events on (round robin), instead of the process's
+// shared connection. A nats.Conn serialises its writers on one mutex, and
+// an in-process connection is a synchronous pipe: with every role's traffic
+// on one connection (heartbeats in, PubAcks, the projector's and the status
+// feed's deliveries, KV reads), a publishing handler waited for the flusher
+// writing someone else's batch (docs/performance.md: the mutex profile put
+// 70 % of the process's lock delay there). With an external NATS server
+// (Bus.Server nil) the shared connection is used.
+type pubConns struct {
+	mu    sync.Mutex // open, close
+	conns atomic.Pointer[[]pubConn]
+	next  atomic.Uint32
+}
+
+type pubConn struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+// open connects when the bus runs an embedded server; it is a no-op
+// otherwise, or when already open.
+func (p *pubConns) open(b *bus.Bus) error {
+	if b == nil || b.Server == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns.Load() != nil {
+		return nil
+	}
+	var cs []pubConn
+	for i := range pubConnCount {
+		nc, err := nats.Connect("", nats.InProcessServer(b.Server), nats.Name(fmt.Sprintf("devstatus-bridge-pub-%d", i)),
+			nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+		if err == nil {
+			var js jetstream.JetStream
+			if js, err = jetstream.New(nc); err == nil {
+				cs = append(cs, pubConn{nc, js})
+				continue
+			}
+			nc.Close()
+		}
+		for _, c := range cs {
+			c.nc.Close()
+		}
+		return fmt.Errorf("bridge: publishing connection: %w", err)
+	}
+	p.conns.Store(&cs)
+	return nil
+}
+
+func (p *pubConns) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cs := p.conns.Swap(nil); cs != nil {
+		for _, c := range *cs {
+			c.nc.Close()
+		}
+	}
+}
+
+// pubJS returns the JetStream context to publish an input event with.
+func (b *Bridge) pubJS() jetstream.JetStream {
+	if cs := b.pub.conns.Load(); cs != nil {
+		c := (*cs)[b.pub.next.Add(1)%uint32(len(*cs))]
+		if c.nc.IsConnected() {
+			return c.js
+		}
+	}
+	return b.cfg.Bus.JS
+}
