@@ -280,11 +280,16 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 	var trs []events.StatusChanged
 	var probes []events.ProbeRequest
 	partLabel := strconv.Itoa(p)
+	// A stop (ctx cancelled) while settling PubAcks between inputs leaves the
+	// loop for the final flush and snapshot below; a stop in the middle of an
+	// input (its transitions not all enqueued) returns without a snapshot, so
+	// that the next owner replays that input.
+loop:
 	for {
 		msg, err := it.Next()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				break
+				break loop
 			}
 			return fmt.Errorf("worker: next: %w", err)
 		}
@@ -308,6 +313,9 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 			// Registrations and decommissions move device slots: settle the
 			// transitions in flight first (they update their device's slot).
 			if err := out.flush(ctx); err != nil {
+				if ctx.Err() != nil {
+					break loop
+				}
 				return err
 			}
 		}
@@ -338,6 +346,9 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 		// pipelined windows during a burst).
 		if meta.NumPending == 0 || out.full() {
 			if err := out.flush(ctx); err != nil {
+				if ctx.Err() != nil {
+					break loop
+				}
 				return err
 			}
 		}
@@ -352,6 +363,9 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 			// A snapshot must not run ahead of what is published: a crash
 			// would otherwise lose the transitions still in flight.
 			if err := out.flush(ctx); err != nil {
+				if ctx.Err() != nil {
+					break loop
+				}
 				return err
 			}
 			if snap.start(ctx, st.takeSnapshot()) {
@@ -568,12 +582,22 @@ var errNotSent = errors.New("worker: transition not sent")
 // same expected sequence) until it succeeds or ctx ends. It returns
 // [ErrFenced] when another worker published for one of the devices since.
 func (o *publisher) flush(ctx context.Context) error {
-	defer func() {
-		o.inflight = o.inflight[:0]
-		clear(o.busy)
-	}()
 	for k := range o.inflight {
 		it := &o.inflight[k]
+		// keep leaves the unsettled transitions (from this one on) in
+		// flight, so that a later flush (the final one, with a fresh
+		// context) settles them before any snapshot is taken.
+		keep := func(err error) error {
+			n := copy(o.inflight, o.inflight[k:])
+			o.inflight = o.inflight[:n]
+			clear(o.busy)
+			for _, r := range o.inflight {
+				if r.slot >= 0 {
+					o.busy[r.slot] = struct{}{}
+				}
+			}
+			return err
+		}
 		var ack *jetstream.PubAck
 		err := errNotSent
 		if it.f != nil {
@@ -582,8 +606,9 @@ func (o *publisher) flush(ctx context.Context) error {
 				err = nil
 			case err = <-it.f.Err():
 			case <-ctx.Done():
-				return ctx.Err()
+				return keep(ctx.Err())
 			}
+			it.f = nil // consumed: a retry publishes again
 		}
 		backoff := 50 * time.Millisecond
 		for err != nil {
@@ -597,15 +622,15 @@ func (o *publisher) flush(ctx context.Context) error {
 					ack, err = &jetstream.PubAck{Stream: events.TransitionStream, Sequence: seq, Duplicate: true}, nil
 					break
 				}
-				return fmt.Errorf("%w (partition %d, device %q, expected last seq %d): %v", ErrFenced, o.p, it.sc.Device, it.exp, err)
+				return keep(fmt.Errorf("%w (partition %d, device %q, expected last seq %d): %v", ErrFenced, o.p, it.sc.Device, it.exp, err))
 			}
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return keep(ctx.Err())
 			}
 			o.log.Warn("publishing transition failed; retrying", slog.String("device", it.sc.Device), slog.Any("err", err))
 			select {
 			case <-ctx.Done():
-				return ctx.Err()
+				return keep(ctx.Err())
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, 2*time.Second)
@@ -613,6 +638,8 @@ func (o *publisher) flush(ctx context.Context) error {
 		}
 		o.settled(it, ack)
 	}
+	o.inflight = o.inflight[:0]
+	clear(o.busy)
 	return nil
 }
 
