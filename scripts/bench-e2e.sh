@@ -20,7 +20,8 @@
 #   BENCH_PPROF  1: build with -tags pprof and save 30 s CPU and allocation profiles of the service
 #                and the worker during the rounds (pprof endpoints on loopback)
 #   BENCH_ARGS   extra flags for devicesim load (override the mode's defaults)
-#   BENCH_GOGC   GOGC of the service processes (default: Go's 100); docs/performance.md compares
+#   BENCH_GOGC   GOGC of the service process (default: Go's 100; docs/performance.md compares 400);
+#                BENCH_WORKER_GOGC that of the worker process
 #   BENCH_LABEL  label of the run in the report
 # Everything this script starts is stopped when it exits (by pid).
 set -euo pipefail
@@ -38,8 +39,9 @@ outroot=${BENCH_OUT:-$root/data/bench}
 out=$outroot/$stamp-$mode-sync-$sync
 mkdir -p "$out" "$scratch"
 admin=bench-admin-$RANDOM$RANDOM
-gogc=()
+gogc=() wgogc=()
 [[ -n ${BENCH_GOGC:-} ]] && gogc=(GOGC="$BENCH_GOGC")
+[[ -n ${BENCH_WORKER_GOGC:-} ]] && wgogc=(GOGC="$BENCH_WORKER_GOGC")
 
 note() { echo "bench: $*" >&2; }
 
@@ -76,8 +78,10 @@ short)
 		--steady-duration 60s --gateway-max-duration 20s --gateway-rate 33000 --gateway-duration 30s)
 	;;
 full)
-	rate=()
-	load=(--devices 200000 --gateway-devices 1000000 --rounds 3 --round-duration 20s --sustain-duration 60s
+	# 1 000 000 devices behind 1 000 gateways at 30 s, plus 60 000 single devices; the rate limit
+	# scaled as in the short run for the single phases (gateway devices send every 30 s anyway).
+	rate=(--rate-min-interval 1s --rate-per-minute 60)
+	load=(--devices 60000 --gateway-devices 1000000 --rounds 3 --round-duration 20s --sustain-duration 60s
 		--steady-duration 90s --gateway-max-duration 30s --gateway-rate 33334 --gateway-duration 10m)
 	;;
 *) echo "bench: BENCH_MODE must be short or full" >&2; exit 2 ;;
@@ -107,7 +111,7 @@ done
 for _ in $(seq 50); do [[ -s $scratch/data/nats-token ]] && break; sleep 0.1; done
 natsurl="nats://$(cat "$scratch/data/nats-token")@127.0.0.1:$nats_port"
 start_worker() {
-	env "${gogc[@]}" DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$bin/devstatus" serve --roles worker --nats-url "$natsurl" \
+	env "${wgogc[@]}" DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$bin/devstatus" serve --roles worker --nats-url "$natsurl" \
 		--http-addr "127.0.0.1:$worker_port" --admin-token "$admin" --ping-token "$admin-ping" "${common[@]}" >>"$out/worker.log" 2>&1 &
 	wrk=$!
 	pids+=("$wrk")
@@ -139,7 +143,7 @@ note "devicesim load ${load[*]} ${BENCH_ARGS:-}"
 "$bin/devicesim" load --url "http://127.0.0.1:$http_port" --admin-token "$admin" --log-level info \
 	--metrics "service=http://127.0.0.1:$http_port/metrics" --metrics "worker=http://127.0.0.1:$worker_port/metrics" \
 	--cpu-pid "postgres=$pgpid" --label "${BENCH_LABEL:-$mode, sync $sync}" --extra "mode=\"$mode\"" --extra "sync=\"$sync\"" \
-	--extra "gogc=\"${BENCH_GOGC:-100}\"" \
+	--extra "gogc=\"${BENCH_GOGC:-100}\"" --extra "worker_gogc=\"${BENCH_WORKER_GOGC:-100}\"" \
 	--out "$out/report.json" --plot "$out/plot.svg" "${load[@]}" ${BENCH_ARGS:-} | tee "$out/report.txt"
 
 if [[ $mode == full && $sync == default ]]; then

@@ -27,6 +27,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -54,6 +55,10 @@ const MaxGatewayBatchBytes = 4 << 20
 // several concurrent batches stay well under the client's async publish
 // limit (nats.go's PublishAsyncMaxPending, 4 000).
 const gatewayPublishWindow = 256
+
+// gatewaySettlers bounds the heartbeats of one batch settled concurrently
+// when settling needs a registry round trip (see gatewayBatch).
+const gatewaySettlers = 32
 
 // gatewayItem is the answer for one heartbeat of a batch, in request order:
 // HTTPStatus is what POST /v1/devices/{id}/heartbeat would have answered;
@@ -277,6 +282,15 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 		await(waited)
 	}
 	failed := 0
+	results := make([]hbOutcome, len(admit))
+	// Settling an accepted heartbeat is local, except when the device has
+	// a reconnect to be told (an operator's request, or a comeback from
+	// offline: a compare-and-swap on its registry entry and an event) or a
+	// new probe URL (a KV write): those round trips run gatewaySettlers at
+	// a time, so that a batch of devices coming back together does not
+	// wait for them one after another.
+	sem := make(chan struct{}, gatewaySettlers)
+	var wg sync.WaitGroup
 	for k := range admit {
 		p := &admit[k]
 		if errs[k] == nil && acks[k] == nil {
@@ -286,7 +300,19 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 			b.m.publishErrors.WithLabelValues(string(events.TypeHeartbeat)).Inc()
 			failed++
 		}
-		res := b.settleHeartbeat(ctx, &p.a, acks[k], errs[k], false)
+		if errs[k] == nil && !acks[k].Duplicate && (p.a.ent.NeedsDeliver(p.a.offlineSeq) || p.a.probeURL != nil) {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				results[k] = b.settleHeartbeat(ctx, &p.a, acks[k], nil, false)
+			})
+			continue
+		}
+		results[k] = b.settleHeartbeat(ctx, &p.a, acks[k], errs[k], false)
+	}
+	wg.Wait()
+	for k := range admit {
+		p, res := &admit[k], results[k]
 		item := &out.Results[p.i]
 		switch res.status {
 		case http.StatusOK:

@@ -234,3 +234,38 @@ func TestGatewayFullBatch(t *testing.T) {
 		t.Fatalf("%d heartbeats stored, want %d", n, MaxGatewayBatch)
 	}
 }
+
+// Devices coming back together through a gateway are each told
+// should_reconnect once (the comeback deliveries of a batch run
+// concurrently), and not again on the next batch.
+func TestGatewayComeback(t *testing.T) {
+	e := newEnv(t)
+	tok := e.registerGateway("gw")
+	const n = 40
+	var b strings.Builder
+	b.WriteString(`{"heartbeats":[`)
+	for i := range n {
+		id := fmt.Sprintf("back-%02d", i)
+		e.registerBehind(id, "gw")
+		e.publishTransition(id, events.StatusConnected, events.StatusTemporarilyOffline)
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"device":%q}`, id)
+	}
+	b.WriteString(`]}`)
+	for round, want := range []bool{true, false} {
+		r := e.batch("gw", tok, b.String())
+		var a gwAnswer
+		decode(t, r.body, &a)
+		if r.code != 200 || a.Accepted != n {
+			t.Fatalf("round %d: %d %s", round, r.code, r.body)
+		}
+		for _, it := range a.Results {
+			if it.ShouldReconnect == nil || *it.ShouldReconnect != want || it.Status != "temporarily_offline" {
+				t.Fatalf("round %d: %+v, want should_reconnect %v", round, it, want)
+			}
+		}
+		e.clk.Advance(10 * time.Second)
+	}
+}

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"fmt"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,9 +49,14 @@ func (p *pubConns) open(b *bus.Bus) error {
 		return nil
 	}
 	var cs []pubConn
+	opts := []nats.Option{nats.InProcessServer(b.Server), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	// The embedded server asks its clients for the token it listens with
+	// (the one in its client URL).
+	if u, err := url.Parse(b.ClientURL()); err == nil && u.User != nil && u.User.Username() != "" {
+		opts = append(opts, nats.Token(u.User.Username()))
+	}
 	for i := range pubConnCount {
-		nc, err := nats.Connect("", nats.InProcessServer(b.Server), nats.Name(fmt.Sprintf("devstatus-bridge-pub-%d", i)),
-			nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+		nc, err := nats.Connect("", append(opts, nats.Name(fmt.Sprintf("devstatus-bridge-pub-%d", i)))...)
 		if err == nil {
 			var js jetstream.JetStream
 			if js, err = jetstream.New(nc); err == nil {

@@ -31,25 +31,32 @@ type NamedPID struct {
 //
 // A run has phases, each optional, in this order:
 //
-//  1. registration of Devices single devices (plus Sentinels of them used
-//     for detection latency) and of GatewayDevices devices behind
+//  1. registration of Devices single devices (the last Sentinels of them
+//     used for detection latency) and of GatewayDevices devices behind
 //     GatewayDevices/GatewayBatch gateways;
-//  2. Rounds rounds of a closed loop (Concurrency connections sending back
+//  2. warm-up: one heartbeat of every device (each becomes connected: the
+//     fleet's onboarding), then the wait until the lag drains;
+//  3. "gateway-max": a closed loop of gateway batches for GatewayMaxDuration;
+//  4. "gateway": an open loop of gateway batches at GatewayRate heartbeats
+//     per second for GatewayDuration;
+//  5. Rounds rounds of a closed loop (Concurrency connections sending back
 //     to back) against the baseline — a plain net/http JSON handler — and
 //     then against the service, RoundDuration each, the service given time
 //     to drain its lag before each baseline round: the ratio of the two
 //     throughputs in one round survives a noisy machine;
-//  3. "sustain": an open loop of single heartbeats at SustainFraction of
+//  6. "sustain": an open loop of single heartbeats at SustainFraction of
 //     the median whole-chain throughput of the service rounds, for
 //     SustainDuration, to show whether the lag stays flat;
-//  4. "steady": an open loop at SteadyFraction of the sustained maximum
+//  7. "steady": an open loop at SteadyFraction of the sustained maximum
 //     (or SteadyRate) for SteadyDuration, during which the Sentinels stop
 //     one after another and the time until each one's timeout is visible
 //     in Postgres (through the read API's list, which reads Postgres) is
-//     the detection latency;
-//  5. "gateway-max": a closed loop of gateway batches for GatewayMaxDuration;
-//  6. "gateway": an open loop of gateway batches at GatewayRate heartbeats
-//     per second for GatewayDuration.
+//     the detection latency.
+//
+// Before 3 and before 5, a fleet silent for more than 60 % of OfflineAfter
+// first comes back ("rewarm-gateway", "rewarm-single": each device once,
+// then a drain; by design each comeback is told should_reconnect once, a
+// registry round trip), so that no timed phase pays for a comeback storm.
 type LoadConfig struct {
 	// URL of the service, e.g. http://127.0.0.1:8080. Required.
 	URL string
@@ -243,6 +250,9 @@ type loadRun struct {
 	failures  atomic.Int64
 	lastProm  map[string]promSample
 	memStart  map[string]promSample
+	// lastSingle, lastGateway: when the single devices, the gateway devices
+	// last heartbeated (end of their last phase).
+	lastSingle, lastGateway time.Time
 }
 
 // Load runs the phases of cfg against a running service and returns the
@@ -274,13 +284,23 @@ func Load(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	if err := r.warmup(ctx, rep); err != nil {
 		return rep, err
 	}
+	// Gateway phases first, then single heartbeats: a fleet idle for longer
+	// than offline-after comes back first (rewarm: each device once, its
+	// comeback told and logged), so that no timed phase pays for a
+	// comeback storm.
+	if err := r.rewarm(ctx, rep, false); err != nil {
+		return rep, err
+	}
+	if err := r.gatewayPhases(ctx, rep); err != nil {
+		return rep, err
+	}
+	if err := r.rewarm(ctx, rep, true); err != nil {
+		return rep, err
+	}
 	if err := r.rounds(ctx, rep); err != nil {
 		return rep, err
 	}
 	if err := r.singleOpen(ctx, rep); err != nil {
-		return rep, err
-	}
-	if err := r.gatewayPhases(ctx, rep); err != nil {
 		return rep, err
 	}
 	r.memory(ctx, rep)

@@ -403,6 +403,7 @@ func (r *loadRun) warmup(ctx context.Context, rep *LoadReport) error {
 		})
 	}
 	wg.Wait()
+	r.lastSingle, r.lastGateway = time.Now(), time.Now()
 	sent := time.Since(a.at)
 	drained := r.drainFor(ctx, r.cfg.MaxWarmupDrain)
 	b := r.counters(ctx)
@@ -416,6 +417,80 @@ func (r *loadRun) warmup(ctx context.Context, rep *LoadReport) error {
 	rep.Warmup = w
 	r.log.Info("warm-up", slog.Int64("heartbeats", w.Heartbeats), slog.Float64("send_s", w.SendSeconds),
 		slog.Float64("drain_s", w.DrainSeconds), slog.Float64("transitions", w.Transitions), slog.Any("first_error", firstErr(ps)))
+	return ctx.Err()
+}
+
+// rewarm sends one heartbeat of every single (or gateway) device when they
+// have been silent for more than 60 % of offline-after, then waits for the
+// lag to drain: devices that went offline come back (a transition each and,
+// by design, a should_reconnect told once: a compare-and-swap on the
+// registry entry and an event each). Reported as a phase of its own.
+func (r *loadRun) rewarm(ctx context.Context, rep *LoadReport, single bool) error {
+	last, n, name := r.lastGateway, len(r.gwIDs), "rewarm-gateway"
+	if single {
+		last, n, name = r.lastSingle, len(r.ids), "rewarm-single"
+	}
+	if n == 0 || last.IsZero() || time.Since(last) < r.cfg.OfflineAfter*6/10 {
+		return nil
+	}
+	if single && r.cfg.Rounds < 0 && r.cfg.SustainDuration <= 0 && r.cfg.SteadyDuration <= 0 {
+		return nil
+	}
+	if !single && r.cfg.GatewayMaxDuration <= 0 && (r.cfg.GatewayRate <= 0 || r.cfg.GatewayDuration <= 0) {
+		return nil
+	}
+	r.setPhase(name)
+	ps := &phaseStats{}
+	a := r.counters(ctx)
+	clk := &clockText{}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go clk.run(cctx)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	conns := r.cfg.GatewayConcurrency
+	if single {
+		conns = r.cfg.Concurrency
+	}
+	for range conns {
+		var send func(i int)
+		var closeConn func()
+		if single {
+			w, err := r.newSingleWorker(r.cfg.URL, clk)
+			if err != nil {
+				return err
+			}
+			send, closeConn = func(i int) { w.send(ps, i) }, w.rc.close
+		} else {
+			w, err := r.newGatewayWorker(clk)
+			if err != nil {
+				return err
+			}
+			send, closeConn = func(i int) { w.send(ps, i) }, w.rc.close
+		}
+		wg.Go(func() {
+			defer closeConn()
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				send(i)
+			}
+		})
+	}
+	wg.Wait()
+	if single {
+		r.lastSingle = time.Now()
+	} else {
+		r.lastGateway = time.Now()
+	}
+	r.drainFor(ctx, r.cfg.MaxWarmupDrain)
+	b := r.counters(ctx)
+	res := r.phaseResult(name, map[bool]string{true: "single", false: "gateway"}[single], "closed", 0, ps, a, b)
+	rep.Phases = append(rep.Phases, res)
+	r.log.Info(name, slog.Float64("accepted_per_s", res.AcceptedPerSec), slog.Float64("seconds", res.Seconds),
+		slog.Float64("transitions", b.trans-a.trans), slog.Any("first_error", firstErr(ps)))
 	return ctx.Err()
 }
 
@@ -459,6 +534,7 @@ func (r *loadRun) rounds(ctx context.Context, rep *LoadReport) error {
 		b = r.counters(ctx)
 		sres := r.phaseResult(fmt.Sprintf("service-max-%d", k+1), "single", "closed", 0, ss, a, b)
 		rep.Phases = append(rep.Phases, sres)
+		r.lastSingle = time.Now()
 		round.BaselinePerSec, round.ServicePerSec, round.ChainPerSec = round1(bres.AcceptedPerSec), round1(sres.AcceptedPerSec), round1(sres.ChainPerSec)
 		if bres.AcceptedPerSec > 0 {
 			round.Ratio = round3(sres.AcceptedPerSec / bres.AcceptedPerSec)
@@ -555,6 +631,7 @@ func (r *loadRun) singleOpen(ctx context.Context, rep *LoadReport) error {
 			return err
 		}
 		b := r.counters(ctx)
+		r.lastSingle = time.Now()
 		res := r.phaseResult("sustain", "single", "open", rate, ps, a, b)
 		rep.Phases = append(rep.Phases, res)
 		r.log.Info("sustain", slog.Float64("offered_per_s", rate), slog.Float64("accepted_per_s", res.AcceptedPerSec),
@@ -844,6 +921,7 @@ func (r *loadRun) gatewayPhases(ctx context.Context, rep *LoadReport) error {
 		wg.Wait()
 		cancel()
 		b := r.counters(ctx)
+		r.lastGateway = time.Now()
 		res := r.phaseResult("gateway-max", "gateway", "closed", 0, ps, a, b)
 		rep.Phases = append(rep.Phases, res)
 		r.log.Info("gateway-max", slog.Float64("accepted_per_s", res.AcceptedPerSec), slog.Float64("chain_per_s", res.ChainPerSec),
@@ -910,6 +988,7 @@ func (r *loadRun) gatewayPhases(ctx context.Context, rep *LoadReport) error {
 		close(q)
 		wg.Wait()
 		b := r.counters(ctx)
+		r.lastGateway = time.Now()
 		res := r.phaseResult("gateway", "gateway", "open", cfg.GatewayRate, ps, a, b)
 		rep.Phases = append(rep.Phases, res)
 		r.log.Info("gateway", slog.Float64("offered_per_s", cfg.GatewayRate), slog.Float64("accepted_per_s", res.AcceptedPerSec),

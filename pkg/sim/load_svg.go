@@ -102,7 +102,7 @@ func (rep *LoadReport) SVG() string {
 		{"CPU by process", "cores", false, cpuLines},
 	}
 	phaseColor := map[string]string{"baseline": "#e8e8e8", "service-max": "#dbe9f6", "sustain": "#e3f2e1", "steady": "#fdf1dc",
-		"gateway-max": "#f3e1ef", "gateway": "#efe6f6", "register": "#f6f6f6", "warmup": "#eeeeee"}
+		"gateway-max": "#f3e1ef", "gateway": "#efe6f6", "register": "#f6f6f6", "warmup": "#eeeeee", "rewarm-single": "#eeeeee", "rewarm-gateway": "#eeeeee"}
 	for pi, p := range ps {
 		y0 := top + float64(pi)*(panelH+gap)
 		// phase bands
