@@ -10,8 +10,9 @@
 # and $BENCH_OUT/latest pointing at them.
 #
 # Environment:
-#   BENCH_MODE   short (default, < 5 min) | full (1 000 000 gateway devices, 10 min at 33 000/s,
-#                worker restart with 1 000 000 devices' state; ~25 min)
+#   BENCH_MODE   short (default, < 5 min) | full (1 000 000 gateway devices at 33 000/s for 20 min,
+#                the gateways brought online over the first 8 min, the last 10 min judged; worker
+#                restart with 1 000 000 devices' state; ~45 min)
 #   BENCH_SYNC   default (default) | always (--sync always: fsync before every PubAck)
 #   BENCH_OUT    results directory (default ./data/bench)
 #   BENCH_DIR    scratch directory for Postgres and JetStream data (default /tmp/devstatus-bench)
@@ -21,7 +22,8 @@
 #                and the worker during the rounds (pprof endpoints on loopback)
 #   BENCH_ARGS   extra flags for devicesim load (override the mode's defaults)
 #   BENCH_GOGC   GOGC of the service process (default: Go's 100; docs/performance.md compares 400);
-#                BENCH_WORKER_GOGC that of the worker process
+#                BENCH_WORKER_GOGC that of the worker process; BENCH_GOMEMLIMIT the service's GOMEMLIMIT
+#   BENCH_DEVSTATUS  another devstatus binary to measure (e.g. an older commit) with this load generator
 #   BENCH_LABEL  label of the run in the report
 # Everything this script starts is stopped when it exits (by pid).
 set -euo pipefail
@@ -41,6 +43,7 @@ mkdir -p "$out" "$scratch"
 admin=bench-admin-$RANDOM$RANDOM
 gogc=() wgogc=()
 [[ -n ${BENCH_GOGC:-} ]] && gogc=(GOGC="$BENCH_GOGC")
+[[ -n ${BENCH_GOMEMLIMIT:-} ]] && gogc+=(GOMEMLIMIT="$BENCH_GOMEMLIMIT")
 [[ -n ${BENCH_WORKER_GOGC:-} ]] && wgogc=(GOGC="$BENCH_WORKER_GOGC")
 
 note() { echo "bench: $*" >&2; }
@@ -61,6 +64,8 @@ tags=()
 note "building into $scratch/bin"
 go build "${tags[@]}" -o "$scratch/bin/" ./cmd/devstatus ./cmd/devicesim
 bin=$scratch/bin
+# BENCH_DEVSTATUS: measure another devstatus binary (e.g. an older commit) with this load generator.
+devstatus=${BENCH_DEVSTATUS:-$bin/devstatus}
 
 # Postgres: a private cluster, a fresh database per run.
 pgurl=$(deploy/pg-local.sh --data "$scratch/pg" --port "$pg_port" --db devstatus_bench start | tail -n1)
@@ -82,7 +87,7 @@ full)
 	# scaled as in the short run for the single phases (gateway devices send every 30 s anyway).
 	rate=(--rate-min-interval 1s --rate-per-minute 60)
 	load=(--devices 60000 --gateway-devices 1000000 --rounds 3 --round-duration 20s --sustain-duration 60s
-		--steady-duration 90s --gateway-max-duration 30s --gateway-rate 33334 --gateway-duration 10m)
+		--steady-duration 90s --gateway-max-duration 30s --gateway-rate 33334 --gateway-duration 20m --gateway-ramp 8m)
 	;;
 *) echo "bench: BENCH_MODE must be short or full" >&2; exit 2 ;;
 esac
@@ -96,7 +101,7 @@ if [[ $sync == always ]]; then
 fi
 
 note "starting devstatus (bridge, ticker, projector, api; embedded JetStream in $scratch/data, sync $sync)"
-env "${gogc[@]}" DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_svc DATABASE_URL=$pgurl "$bin/devstatus" serve --roles bridge,ticker,projector,api \
+env "${gogc[@]}" DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_svc DATABASE_URL=$pgurl "$devstatus" serve --roles bridge,ticker,projector,api \
 	--http-addr "127.0.0.1:$http_port" --nats-listen "127.0.0.1:$nats_port" --data-dir "$scratch/data" \
 	--admin-token "$admin" --ping-token "$admin-ping" "${common[@]}" "${rate[@]}" >"$out/service.log" 2>&1 &
 svc=$!
@@ -109,9 +114,10 @@ done
 
 # The embedded NATS listener takes clients with its token (kept in --data-dir/nats-token).
 for _ in $(seq 50); do [[ -s $scratch/data/nats-token ]] && break; sleep 0.1; done
-natsurl="nats://$(cat "$scratch/data/nats-token")@127.0.0.1:$nats_port"
+natsurl="nats://127.0.0.1:$nats_port"
+[[ -s $scratch/data/nats-token ]] && natsurl="nats://$(cat "$scratch/data/nats-token")@127.0.0.1:$nats_port"
 start_worker() {
-	env "${wgogc[@]}" DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$bin/devstatus" serve --roles worker --nats-url "$natsurl" \
+	env "${wgogc[@]}" DEVSTATUS_PPROF_ADDR=127.0.0.1:$pprof_wrk "$devstatus" serve --roles worker --nats-url "$natsurl" \
 		--http-addr "127.0.0.1:$worker_port" --admin-token "$admin" --ping-token "$admin-ping" "${common[@]}" >>"$out/worker.log" 2>&1 &
 	wrk=$!
 	pids+=("$wrk")
@@ -144,6 +150,7 @@ note "devicesim load ${load[*]} ${BENCH_ARGS:-}"
 	--metrics "service=http://127.0.0.1:$http_port/metrics" --metrics "worker=http://127.0.0.1:$worker_port/metrics" \
 	--cpu-pid "postgres=$pgpid" --label "${BENCH_LABEL:-$mode, sync $sync}" --extra "mode=\"$mode\"" --extra "sync=\"$sync\"" \
 	--extra "gogc=\"${BENCH_GOGC:-100}\"" --extra "worker_gogc=\"${BENCH_WORKER_GOGC:-100}\"" \
+	--extra "gomemlimit=\"${BENCH_GOMEMLIMIT:-}\"" \
 	--out "$out/report.json" --plot "$out/plot.svg" "${load[@]}" ${BENCH_ARGS:-} | tee "$out/report.txt"
 
 if [[ $mode == full && $sync == default ]]; then

@@ -67,6 +67,7 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.DurationVar(&cfg.GatewayMaxDuration, "gateway-max-duration", 0, "closed loop of gateway batches (0: skip)")
 	fs.Float64Var(&cfg.GatewayRate, "gateway-rate", 0, "heartbeats/s of the gateway open loop (0: skip)")
 	fs.DurationVar(&cfg.GatewayDuration, "gateway-duration", time.Minute, "duration of the gateway open loop")
+	fs.DurationVar(&cfg.GatewayRamp, "gateway-ramp", 0, "bring the gateways online one after another over this time (0: all at once)")
 	fs.Var(&metrics, "metrics", "name=URL of a /metrics page of the service (repeatable): service=http://…/metrics,worker=http://…/metrics")
 	fs.StringVar(&cfg.WorkerMetrics, "worker-metrics", "", `name of the --metrics entry that is the worker process (default "worker" or the first)`)
 	fs.Var(&pids, "cpu-pid", "name=PID of another process whose CPU (with its children) is reported, e.g. postgres=1234 (repeatable)")

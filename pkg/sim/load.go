@@ -34,11 +34,14 @@ type NamedPID struct {
 //  1. registration of Devices single devices (the last Sentinels of them
 //     used for detection latency) and of GatewayDevices devices behind
 //     GatewayDevices/GatewayBatch gateways;
-//  2. warm-up: one heartbeat of every device (each becomes connected: the
-//     fleet's onboarding), then the wait until the lag drains;
-//  3. "gateway-max": a closed loop of gateway batches for GatewayMaxDuration;
-//  4. "gateway": an open loop of gateway batches at GatewayRate heartbeats
-//     per second for GatewayDuration;
+//  2. warm-up: one heartbeat of every single device (each becomes
+//     connected), then the wait until the lag drains; the gateway devices
+//     too when there is no gateway open loop;
+//  3. "gateway": an open loop of gateway batches at GatewayRate heartbeats
+//     per second for GatewayDuration; its first interval (or GatewayRamp)
+//     onboards the gateway fleet (each device's first heartbeat: a
+//     transition), its second half is judged for lag;
+//  4. "gateway-max": a closed loop of gateway batches for GatewayMaxDuration;
 //  5. Rounds rounds of a closed loop (Concurrency connections sending back
 //     to back) against the baseline — a plain net/http JSON handler — and
 //     then against the service, RoundDuration each, the service given time
@@ -53,10 +56,11 @@ type NamedPID struct {
 //     in Postgres (through the read API's list, which reads Postgres) is
 //     the detection latency.
 //
-// Before 3 and before 5, a fleet silent for more than 60 % of OfflineAfter
-// first comes back ("rewarm-gateway", "rewarm-single": each device once,
-// then a drain; by design each comeback is told should_reconnect once, a
-// registry round trip), so that no timed phase pays for a comeback storm.
+// A fleet silent for more than 60 % of OfflineAfter before its next timed
+// phase first comes back ("rewarm-gateway", "rewarm-single": each device
+// once, then a drain; by design each comeback is told should_reconnect
+// once, a registry round trip), so that no timed phase pays for a comeback
+// storm.
 type LoadConfig struct {
 	// URL of the service, e.g. http://127.0.0.1:8080. Required.
 	URL string
@@ -130,6 +134,13 @@ type LoadConfig struct {
 	GatewayRate float64
 	// GatewayDuration of the gateway open loop.
 	GatewayDuration time.Duration
+	// GatewayRamp brings the gateways online one after another over this
+	// time at the start of the gateway open loop (0: all at once): a fleet
+	// rolled out gradually, each gateway heartbeating every interval from
+	// its first batch on, so that onboarding (a device's first heartbeat: a
+	// registry read and a transition) is spread instead of being one storm
+	// that a large fleet cannot absorb within offline-after.
+	GatewayRamp time.Duration
 
 	// Metrics are the /metrics pages of the service's processes.
 	Metrics []NamedURL
@@ -291,7 +302,13 @@ func Load(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	if err := r.rewarm(ctx, rep, false); err != nil {
 		return rep, err
 	}
-	if err := r.gatewayPhases(ctx, rep); err != nil {
+	if err := r.gatewayOpen(ctx, rep); err != nil {
+		return rep, err
+	}
+	if err := r.rewarm(ctx, rep, false); err != nil {
+		return rep, err
+	}
+	if err := r.gatewayMax(ctx, rep); err != nil {
 		return rep, err
 	}
 	if err := r.rewarm(ctx, rep, true); err != nil {
@@ -480,6 +497,7 @@ func (r *loadRun) phaseResult(name, kind, mode string, offered float64, ps *phas
 		res.ChainPerSec = res.AcceptedPerSec
 	}
 	res.Lag = r.lagTrend(res.Start, res.Start+secs, res.AcceptedPerSec)
+	res.SecondHalfPerSec, res.SecondHalfChainPerSec = r.secondHalf(res.Start, res.Start+secs)
 	res.LoadAvg = loadAvg()
 	return res
 }
@@ -525,6 +543,35 @@ func (r *loadRun) lagTrend(from, to, rate float64) LagTrend {
 	// and holds more than one second of input at the end.
 	lt.Growing = lt.SlopePerSec > max(0.01*rate, 10) && lt.EndEvents > rate
 	return lt
+}
+
+// secondHalf averages the accepted heartbeats per second, and the least
+// of accepted, applied by the workers and projected, over the samples of
+// the second half of [from, to].
+func (r *loadRun) secondHalf(from, to float64) (accepted, chain float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	mid := (from + to) / 2
+	n := 0
+	var w, p float64
+	for _, s := range r.series {
+		if s.T < mid || s.T > to {
+			continue
+		}
+		n++
+		accepted += s.Accepted
+		w += s.WorkerEventsPerSec
+		p += s.ProjectedPerSec
+	}
+	if n == 0 {
+		return 0, 0
+	}
+	accepted, w, p = accepted/float64(n), w/float64(n), p/float64(n)
+	chain = accepted
+	if len(r.cfg.Metrics) > 0 {
+		chain = min(accepted, w, p)
+	}
+	return round1(accepted), round1(chain)
 }
 
 func slope(xs, ys []float64) float64 {

@@ -358,7 +358,11 @@ loop:
 // ---- warm-up: every device once ------------------------------------------------
 
 func (r *loadRun) warmup(ctx context.Context, rep *LoadReport) error {
-	if r.cfg.NoWarmup || len(r.ids)+len(r.gwIDs) == 0 {
+	gateways := len(r.gwIDs)
+	if r.cfg.GatewayRate > 0 && r.cfg.GatewayDuration > 0 {
+		gateways = 0 // the gateway open loop onboards them
+	}
+	if r.cfg.NoWarmup || len(r.ids)+gateways == 0 {
 		return nil
 	}
 	r.setPhase("warmup")
@@ -370,7 +374,10 @@ func (r *loadRun) warmup(ctx context.Context, rep *LoadReport) error {
 	go clk.run(cctx)
 	var nextSingle, nextGW atomic.Int64
 	var wg sync.WaitGroup
-	for range r.cfg.Concurrency {
+	// Fewer connections than the timed phases: onboarding a large fleet at
+	// full blast only fills JetStream's queues (PubAcks beyond the publish
+	// timeout, 503s) without finishing sooner.
+	for range min(r.cfg.Concurrency, 32) {
 		w, err := r.newSingleWorker(r.cfg.URL, clk)
 		if err != nil {
 			return err
@@ -386,7 +393,7 @@ func (r *loadRun) warmup(ctx context.Context, rep *LoadReport) error {
 			}
 		})
 	}
-	for range r.cfg.GatewayConcurrency {
+	for range min(r.cfg.GatewayConcurrency, 4) {
 		w, err := r.newGatewayWorker(clk)
 		if err != nil {
 			return err
@@ -395,7 +402,7 @@ func (r *loadRun) warmup(ctx context.Context, rep *LoadReport) error {
 			defer w.rc.close()
 			for ctx.Err() == nil {
 				g := int(nextGW.Add(1) - 1)
-				if g >= len(r.gwIDs) {
+				if g >= gateways {
 					return
 				}
 				w.send(ps, g)
@@ -403,7 +410,10 @@ func (r *loadRun) warmup(ctx context.Context, rep *LoadReport) error {
 		})
 	}
 	wg.Wait()
-	r.lastSingle, r.lastGateway = time.Now(), time.Now()
+	r.lastSingle = time.Now()
+	if gateways > 0 {
+		r.lastGateway = time.Now()
+	}
 	sent := time.Since(a.at)
 	drained := r.drainFor(ctx, r.cfg.MaxWarmupDrain)
 	b := r.counters(ctx)
@@ -889,7 +899,7 @@ func (r *loadRun) newGatewayWorker(clk *clockText) (*gatewayWorker, error) {
 	return &gatewayWorker{r: r, rc: rc, rnd: rand.NewPCG(rand.Uint64(), rand.Uint64()), clk: clk}, nil
 }
 
-func (r *loadRun) gatewayPhases(ctx context.Context, rep *LoadReport) error {
+func (r *loadRun) gatewayMax(ctx context.Context, rep *LoadReport) error {
 	cfg := &r.cfg
 	if len(r.gwIDs) == 0 {
 		return nil
@@ -926,9 +936,14 @@ func (r *loadRun) gatewayPhases(ctx context.Context, rep *LoadReport) error {
 		rep.Phases = append(rep.Phases, res)
 		r.log.Info("gateway-max", slog.Float64("accepted_per_s", res.AcceptedPerSec), slog.Float64("chain_per_s", res.ChainPerSec),
 			slog.String("latency", res.Latency.String()), slog.Any("first_error", firstErr(ps)))
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+	}
+	return ctx.Err()
+}
+
+func (r *loadRun) gatewayOpen(ctx context.Context, rep *LoadReport) error {
+	cfg := &r.cfg
+	if len(r.gwIDs) == 0 {
+		return nil
 	}
 	if cfg.GatewayRate > 0 && cfg.GatewayDuration > 0 {
 		r.drain(ctx)
@@ -976,8 +991,13 @@ func (r *loadRun) gatewayPhases(ctx context.Context, rep *LoadReport) error {
 			case now := <-tick.C:
 				due := int(now.Sub(start).Seconds() * batchRate)
 				for ; k < due; k++ {
+					g := (off + k) % len(r.gwIDs)
+					at := start.Add(time.Duration(float64(k) / batchRate * float64(time.Second)))
+					if ramp := cfg.GatewayRamp; ramp > 0 && at.Before(start.Add(ramp*time.Duration((g-off+len(r.gwIDs))%len(r.gwIDs))/time.Duration(len(r.gwIDs)))) {
+						continue // this gateway is not online yet
+					}
 					select {
-					case q <- job{(off + k) % len(r.gwIDs), start.Add(time.Duration(float64(k) / batchRate * float64(time.Second)))}:
+					case q <- job{g, at}:
 					case <-cctx.Done():
 						break loop
 					}
