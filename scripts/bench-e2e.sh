@@ -21,6 +21,8 @@
 #   BENCH_PPROF  1: build with -tags pprof and save 30 s CPU and allocation profiles of the service
 #                and the worker during the rounds (pprof endpoints on loopback)
 #   BENCH_ARGS   extra flags for devicesim load (override the mode's defaults)
+#   BENCH_OFFLINE_AFTER  the service's --offline-after, also told to devicesim (default 40s: devices
+#                at 30 s); raise it with a slower fleet (e.g. 1 000 000 devices at 15 000/s: 90s)
 #   BENCH_GOGC   GOGC of the service process (default: Go's 100; docs/performance.md compares 400);
 #                BENCH_WORKER_GOGC that of the worker process; BENCH_GOMEMLIMIT the service's GOMEMLIMIT
 #   BENCH_DEVSTATUS  another devstatus binary to measure (e.g. an older commit) with this load generator
@@ -74,13 +76,14 @@ psql -q "${pgurl/devstatus_bench/postgres}" -c "DROP DATABASE IF EXISTS devstatu
 pgpid=$(head -n1 "$scratch/pg/postmaster.pid")
 
 rm -rf "$scratch/data"
-common=(--offline-after 40s --disconnect-after 300s --tick 1s --log-level warn --sync "$sync")
+offline_after=${BENCH_OFFLINE_AFTER:-40s}
+common=(--offline-after "$offline_after" --disconnect-after 300s --tick 1s --log-level warn --sync "$sync")
 case $mode in
 short)
 	# Rate limit scaled to the short run's fleet (same limiter code path, shorter interval).
 	rate=(--rate-min-interval 1s --rate-per-minute 60)
 	load=(--devices 30000 --gateway-devices 100000 --rounds 3 --round-duration 10s --sustain-duration 20s
-		--steady-duration 60s --gateway-max-duration 20s --gateway-rate 33000 --gateway-duration 30s)
+		--steady-duration 60s --gateway-max-duration 20s --gateway-rate 33000 --gateway-duration 30s --gateway-ramp 10s)
 	;;
 full)
 	# 1 000 000 devices behind 1 000 gateways at 30 s, plus 60 000 single devices; the rate limit
@@ -93,10 +96,12 @@ full)
 esac
 if [[ $sync == always ]]; then
 	# Durability mode: what gateway batches win back; single heartbeats are measured by the rounds.
-	load=(--devices 20000 --gateway-devices 300000 --rounds 2 --round-duration 10s --sustain-duration 0
-		--steady-duration 0 --gateway-max-duration 30s --gateway-rate 10000 --gateway-duration 60s)
+	# 100 000 gateway devices every 10 s (10 000/s), brought online over 30 s.
+	load=(--devices 20000 --gateway-devices 100000 --rounds 2 --round-duration 10s --sustain-duration 0
+		--steady-duration 0 --gateway-max-duration 30s --gateway-rate 10000 --gateway-duration 90s --gateway-ramp 30s)
 	[[ $mode == full ]] && load=(--devices 20000 --gateway-devices 300000 --rounds 3 --round-duration 15s
-		--sustain-duration 0 --steady-duration 0 --gateway-max-duration 60s --gateway-rate 10000 --gateway-duration 5m)
+		--sustain-duration 0 --steady-duration 0 --gateway-max-duration 60s --gateway-rate 10000 --gateway-duration 5m
+		--gateway-ramp 2m)
 	rate=(--rate-min-interval 1s --rate-per-minute 60)
 fi
 
@@ -146,11 +151,11 @@ fi
 
 note "devicesim load ${load[*]} ${BENCH_ARGS:-}"
 # shellcheck disable=SC2086
-"$bin/devicesim" load --url "http://127.0.0.1:$http_port" --admin-token "$admin" --log-level info \
+"$bin/devicesim" load --url "http://127.0.0.1:$http_port" --admin-token "$admin" --log-level info --offline-after "$offline_after" \
 	--metrics "service=http://127.0.0.1:$http_port/metrics" --metrics "worker=http://127.0.0.1:$worker_port/metrics" \
 	--cpu-pid "postgres=$pgpid" --label "${BENCH_LABEL:-$mode, sync $sync}" --extra "mode=\"$mode\"" --extra "sync=\"$sync\"" \
 	--extra "gogc=\"${BENCH_GOGC:-100}\"" --extra "worker_gogc=\"${BENCH_WORKER_GOGC:-100}\"" \
-	--extra "gomemlimit=\"${BENCH_GOMEMLIMIT:-}\"" \
+	--extra "gomemlimit=\"${BENCH_GOMEMLIMIT:-}\"" --extra "offline_after=\"$offline_after\"" \
 	--out "$out/report.json" --plot "$out/plot.svg" "${load[@]}" ${BENCH_ARGS:-} | tee "$out/report.txt"
 
 if [[ $mode == full && $sync == default ]]; then

@@ -194,3 +194,34 @@ func waitWorkerCommand(stdout, stderr io.Writer) *ffcli.Command {
 		},
 	}
 }
+
+func plotCommand(stdout, stderr io.Writer) *ffcli.Command {
+	fs := flag.NewFlagSet("devicesim plot", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("out", "", "write the SVG plot here (default: print the text report only)")
+	return &ffcli.Command{
+		Name:       "plot",
+		ShortUsage: "devicesim plot [--out plot.svg] report.json",
+		ShortHelp:  "redraw a load report: the text summary on stdout and, with --out, the SVG plot",
+		FlagSet:    fs,
+		Options:    options(),
+		Exec: func(_ context.Context, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("devicesim plot: one report.json expected, got %d arguments", len(args))
+			}
+			b, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			var rep sim.LoadReport
+			if err := json.Unmarshal(b, &rep); err != nil {
+				return fmt.Errorf("devicesim plot: %s: %w", args[0], err)
+			}
+			fmt.Fprint(stdout, rep.String())
+			if *out != "" {
+				return rep.WriteSVG(*out)
+			}
+			return nil
+		},
+	}
+}

@@ -123,6 +123,7 @@ func newRoot(stdout, stderr io.Writer) *ffcli.Command {
 			loadCommand(stdout, stderr),
 			baselineCommand(stdout, stderr),
 			waitWorkerCommand(stdout, stderr),
+			plotCommand(stdout, stderr),
 			summaryCommand(stdout, stderr),
 			excerptCommand(stdout, stderr),
 		},

@@ -134,3 +134,31 @@ func TestReplayVirtualPublishesToJetStream(t *testing.T) {
 		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
 	}
 }
+
+func TestPlotRedrawsAReport(t *testing.T) {
+	rep := sim.LoadReport{
+		Version: 1, Label: "unit",
+		Rounds: []sim.RoundResult{{Round: 1, BaselinePerSec: 40000, ServicePerSec: 9000, ChainPerSec: 8800, Ratio: 0.225, ChainRatio: 0.22}},
+		Series: []sim.Sample{{T: 1, Phase: "baseline", Accepted: 40000}, {T: 2, Phase: "service-max", Accepted: 9000, P50: 2, P99: 30}},
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	in, svg := filepath.Join(dir, "report.json"), filepath.Join(dir, "plot.svg")
+	if err := os.WriteFile(in, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCLI(t, "plot", "--out", svg, in)
+	if code != exitOK || !strings.Contains(out, "0.22") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	got, err := os.ReadFile(svg)
+	if err != nil || !strings.HasPrefix(string(got), "<svg") || !strings.Contains(string(got), "closed loop, same generator") {
+		t.Fatalf("plot: %v\n%.300s", err, got)
+	}
+	if code, _, stderr := runCLI(t, "plot", filepath.Join(dir, "missing.json")); code != exitError || !strings.Contains(stderr, "missing.json") {
+		t.Fatalf("missing report: exit %d %s", code, stderr)
+	}
+}

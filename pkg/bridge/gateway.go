@@ -56,8 +56,9 @@ const MaxGatewayBatchBytes = 4 << 20
 // limit (nats.go's PublishAsyncMaxPending, 4 000).
 const gatewayPublishWindow = 256
 
-// gatewaySettlers bounds the heartbeats of one batch settled concurrently
-// when settling needs a registry round trip (see gatewayBatch).
+// gatewaySettlers bounds the registry round trips of one batch in flight:
+// devices read into the registry cache before the checks (Prefetch), and
+// heartbeats whose settling needs a compare-and-swap (see gatewayBatch).
 const gatewaySettlers = 32
 
 // gatewayItem is the answer for one heartbeat of a batch, in request order:
@@ -181,7 +182,15 @@ func (b *Bridge) handleGatewayHeartbeats(w http.ResponseWriter, r *http.Request)
 		return
 	}
 	if fast, ok := fastGatewayBatch(body, b.cfg.MaxMetrics, b.cfg.MaxMetricBytes); ok {
-		// The plain form, read in one pass (fastjson.go).
+		// The plain form, read in one pass (fastjson.go). Devices the
+		// registry cache does not hold (a gateway's first batch, entries
+		// evicted from a full cache) are read gatewaySettlers at a time
+		// first, rather than one after another by the checks below.
+		ids := make([]string, len(fast))
+		for i := range fast {
+			ids[i] = fast[i].id
+		}
+		b.reg.Prefetch(r.Context(), ids, gatewaySettlers)
 		httpx.WriteJSON(w, http.StatusOK, b.gatewayBatch(r.Context(), gw, len(fast), func(i int) (string, gatewayHB, int, string, string) {
 			return b.checkGatewayItem(r.Context(), gw, fast[i].id, fast[i].hb)
 		}))

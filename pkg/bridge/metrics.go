@@ -83,6 +83,8 @@ func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metri
 			func(s registry.CacheStats) uint64 { return s.Misses }),
 		cacheCounter("devstatus_registry_cache_invalidations_total", "Cached devices dropped because their registration changed.",
 			func(s registry.CacheStats) uint64 { return s.Invalidations }),
+		cacheCounter("devstatus_registry_cache_refreshes_total", "Cached devices given their new registration by the KV watch (kept cached).",
+			func(s registry.CacheStats) uint64 { return s.Refreshes }),
 		cacheCounter("devstatus_registry_cache_flushes_total", "Whole-cache resets after a lost NATS connection.",
 			func(s registry.CacheStats) uint64 { return s.Flushes }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "devstatus_registry_cache_entries", Help: "Devices in the registry cache."},

@@ -95,7 +95,7 @@ func TestRekey(t *testing.T) {
 	if _, err := r1.Authenticate(ctx, "B", newA); !errors.Is(err, registry.ErrForeignToken) {
 		t.Errorf("A's new token on B: %v", err)
 	}
-	// The other instance: the watch drops A's entry, and only A's.
+	// The other instance: the watch refreshes A's entry, and only A's.
 	dev, err := r1.Get(ctx, "A")
 	if err != nil {
 		t.Fatal(err)
@@ -112,8 +112,8 @@ func TestRekey(t *testing.T) {
 	if after.Misses != before.Misses || after.Hits != before.Hits+1 {
 		t.Errorf("B's entry went cold: %+v → %+v", before, after)
 	}
-	if after.Flushes != s2.Flushes || after.Invalidations != s2.Invalidations+1 {
-		t.Errorf("invalidations %+v → %+v, want exactly A's", s2, after)
+	if after.Flushes != s2.Flushes || after.Invalidations != s2.Invalidations || after.Refreshes != s2.Refreshes+1 {
+		t.Errorf("refreshes %+v → %+v, want exactly A's (its new token hash from the watch)", s2, after)
 	}
 	if _, err := r1.Rekey(ctx, "ghost"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("rekey unknown: %v", err)

@@ -28,6 +28,7 @@ type cache struct {
 	enabled bool
 
 	hits, misses, invalidations, flushes atomic.Uint64
+	refreshes                            atomic.Uint64 // entries replaced by the watch's new value
 	watched                              atomic.Uint64 // last KV revision the watch applied
 	stalls                               atomic.Uint64 // watches dropped as stalled
 }
@@ -132,6 +133,41 @@ func (c *cache) invalidate(key string, rev uint64) bool {
 	return true
 }
 
+// update applies a change the watch reported with the entry's new value:
+// a cached entry older than rev takes e instead of being dropped, so that a
+// device whose entry changed (a comeback's compare-and-swap, a patch) stays
+// cached and its next heartbeat reads no KV. A placeholder is marked as by
+// invalidate (its own read decides); a key not cached stays uncached (the
+// cache holds only devices looked up). Returns whether an entry was replaced.
+func (c *cache) update(key string, rev uint64, e Entry) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.m[key]
+	if !ok {
+		return false
+	}
+	if !s.ready {
+		s.minRev = max(s.minRev, rev)
+		return false
+	}
+	if s.found && s.e.Revision >= rev {
+		return false
+	}
+	c.m[key] = &slot{e: e, found: true, ready: true}
+	c.refreshes.Add(1)
+	return true
+}
+
+// has reports whether key is cached or being read, without counting a hit
+// or a miss.
+func (c *cache) has(key string) bool {
+	c.mu.Lock()
+	_, ok := c.m[key]
+	on := c.enabled && c.max > 0
+	c.mu.Unlock()
+	return ok || !on
+}
+
 // enable turns caching on (the watcher is running).
 func (c *cache) enable() {
 	c.mu.Lock()
@@ -156,6 +192,6 @@ func (c *cache) stats() CacheStats {
 	n := len(c.m)
 	c.mu.Unlock()
 	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(),
-		Invalidations: c.invalidations.Load(), Flushes: c.flushes.Load(), Entries: n,
+		Invalidations: c.invalidations.Load(), Refreshes: c.refreshes.Load(), Flushes: c.flushes.Load(), Entries: n,
 		WatchedRevision: c.watched.Load(), WatchStalls: c.stalls.Load()}
 }

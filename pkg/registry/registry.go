@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
@@ -336,19 +337,26 @@ func (r *Registry) event(t events.Type, id, eventID string) *events.Input {
 	return &events.Input{Type: t, ID: eventID, Device: id, At: r.cfg.Clock.Now().UTC(), Actor: Actor}
 }
 
-// update writes d with a revision check and invalidates this process's cached
-// entry at once (other instances learn it from the watcher).
+// update writes d with a revision check and brings this process's cached
+// entry up to it at once: a cached device takes the written value (it stays
+// cached), a read in flight is held to this revision; a failed write drops
+// the entry. Other instances learn the change from the watcher.
 func (r *Registry) update(ctx context.Context, key string, d *Device) error {
 	v, err := json.Marshal(d)
 	if err != nil {
 		return fmt.Errorf("registry: encode: %w", err)
 	}
 	rev, err := r.kv.Update(ctx, key, v, d.Revision)
-	r.cache.invalidate(key, 0)
 	if err != nil {
+		r.cache.invalidate(key, 0)
 		return err
 	}
 	d.Revision = rev
+	if ent, err := entryOf(d); err == nil {
+		r.cache.update(key, rev, ent)
+	} else {
+		r.cache.invalidate(key, 0)
+	}
 	return nil
 }
 
@@ -656,12 +664,49 @@ func (r *Registry) Lookup(ctx context.Context, id string) (Entry, error) {
 	return e, nil
 }
 
+// Prefetch reads into the cache the entries of the ids it does not hold, up
+// to parallel reads at a time, so that a batch of devices not looked up
+// recently (a gateway's first batch, devices evicted from a full cache) costs
+// about one KV round trip per parallel read rather than one per device when
+// the caller then looks them up in order. It returns when the reads are
+// done. It does nothing while the cache is off (no watch: nothing could be
+// kept); invalid ids and failed reads are skipped (the caller's own Lookup
+// answers them).
+func (r *Registry) Prefetch(ctx context.Context, ids []string, parallel int) {
+	var miss []string
+	for _, id := range ids {
+		if validateID(id) == nil && !r.cache.has(events.SubjectToken(id)) {
+			miss = append(miss, id)
+		}
+	}
+	if len(miss) < 2 || parallel < 2 {
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(parallel, len(miss)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(miss) || ctx.Err() != nil {
+					return
+				}
+				_, _ = r.Lookup(ctx, miss[i])
+			}
+		})
+	}
+	wg.Wait()
+}
+
 // CacheStats counts cache activity since New.
 type CacheStats struct {
 	// Hits and Misses count Lookup calls answered from the cache or from KV.
 	Hits, Misses uint64
 	// Invalidations counts cached keys dropped because their KV entry changed.
 	Invalidations uint64
+	// Refreshes counts cached entries replaced by the new value the watch
+	// delivered (a change that left the device registered).
+	Refreshes uint64
 	// Flushes counts whole-cache resets after a lost NATS connection.
 	Flushes uint64
 	// Entries is the number of keys cached now.

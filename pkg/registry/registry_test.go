@@ -275,7 +275,8 @@ func TestRemoteControlAndReconnect(t *testing.T) {
 }
 
 // TestCacheInvalidatedAcrossInstances: a change made through another instance
-// is seen through the watcher; only the changed key is dropped.
+// is seen through the watcher: the changed key takes its new value from the
+// watch (no KV read), the others are untouched.
 func TestCacheInvalidatedAcrossInstances(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{})
 	r1 := newRegistry(t, b, true)
@@ -303,7 +304,7 @@ func TestCacheInvalidatedAcrossInstances(t *testing.T) {
 	if _, err := r2.SetRemoteControl(ctx, "a", true); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "invalidation of a", func() bool { return r1.CacheStats().Invalidations >= 1 })
+	waitFor(t, "refresh of a", func() bool { return r1.CacheStats().Refreshes >= 1 })
 	if e, _ := r1.Lookup(ctx, "a"); !e.RemoteControlEnabled {
 		t.Error("stale remote control after another instance's change")
 	}
@@ -311,8 +312,16 @@ func TestCacheInvalidatedAcrossInstances(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = r1.CacheStats()
-	if s.Invalidations != 1 || s.Misses != 4 || s.Flushes != 0 {
-		t.Errorf("only a should have been dropped: %+v", s)
+	if s.Refreshes != 1 || s.Invalidations != 0 || s.Misses != 3 || s.Flushes != 0 {
+		t.Errorf("a should have taken its new value from the watch (no KV read), b untouched: %+v", s)
+	}
+	// A decommission through the other instance: the entry takes it too.
+	if err := r2.Decommission(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "refresh of a's decommission", func() bool { return r1.CacheStats().Refreshes >= 2 })
+	if e, err := r1.Lookup(ctx, "a"); err != nil || !e.Decommissioned {
+		t.Errorf("after decommission elsewhere: %+v %v", e, err)
 	}
 	// A negative entry is dropped when the device gets registered elsewhere.
 	if _, err := r2.Register(ctx, "ghost", "", ""); err != nil {
@@ -376,5 +385,46 @@ func TestUnavailableWhenBusDown(t *testing.T) {
 func TestInvalidConfig(t *testing.T) {
 	if _, err := registry.New(registry.Config{}); !errors.Is(err, registry.ErrInvalidConfig) {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestPrefetch: the devices a batch names that the cache lacks are read once
+// each, in parallel, so that the batch's own look-ups all hit; unknown
+// devices are cached as unknown; nothing is read while the cache is off.
+func TestPrefetch(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	ctx := context.Background()
+	off := newRegistry(t, b, false) // no watch: cache off
+	ids := []string{"p1", "p2", "p3", "p4", "p5"}
+	for _, id := range ids {
+		if _, err := off.Register(ctx, id, "", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch := append(append([]string{}, ids...), "ghost", "p1", "bad\x00id")
+	off.Prefetch(ctx, batch, 4)
+	if s := off.CacheStats(); s.Misses != 0 || s.Entries != 0 {
+		t.Errorf("prefetch with the cache off read KV: %+v", s)
+	}
+
+	r := newRegistry(t, b, true)
+	if _, err := r.Lookup(ctx, "p1"); err != nil { // already cached: not read again
+		t.Fatal(err)
+	}
+	r.Prefetch(ctx, batch, 4)
+	s := r.CacheStats()
+	if s.Misses != 1+5 || s.Entries != 6 {
+		t.Fatalf("after prefetch: %+v, want p2–p5 and ghost read once each", s)
+	}
+	for _, id := range ids {
+		if _, err := r.Lookup(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Lookup(ctx, "ghost"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("ghost: %v", err)
+	}
+	if s2 := r.CacheStats(); s2.Misses != s.Misses || s2.Hits != s.Hits+6 {
+		t.Errorf("the batch's look-ups after prefetch: %+v → %+v, want 6 hits and no read", s, s2)
 	}
 }

@@ -2,8 +2,10 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,8 +16,9 @@ import (
 // same registry is active.
 var ErrAlreadyRunning = errors.New("registry: Run is already running")
 
-// Run watches the devices bucket (kv.WatchAll with UpdatesOnly) and drops the
-// cached entry of each key that changes, until ctx is done; it returns nil
+// Run watches the devices bucket (kv.WatchAll with UpdatesOnly) and brings
+// the cached entry of each key that changes up to date (its new value, or
+// dropped when deleted), until ctx is done; it returns nil
 // then. While it runs the cache is used; without it every Lookup reads KV.
 //
 // When the NATS connection is lost, caching stops and the cache is emptied
@@ -127,13 +130,33 @@ func (r *Registry) watchOnce(ctx context.Context, status chan nats.Status) error
 			if e == nil { // end of initial values (none with UpdatesOnly)
 				continue
 			}
-			r.cache.invalidate(e.Key(), e.Revision())
+			r.applyWatched(e)
 			r.cache.watched.Store(max(r.cache.watched.Load(), e.Revision())) // single writer: this loop
 		}
 	}
 }
 
 var errWatchStalled = errors.New("device watch stalled")
+
+// applyWatched brings the cache up to a change of the devices bucket: a put
+// whose value decodes replaces the cached entry (the device stays cached:
+// a comeback's compare-and-swap or a patch costs its next heartbeat no KV
+// read); a delete, a purge, an undecodable value and any gateway or token
+// index key drop it.
+func (r *Registry) applyWatched(e jetstream.KeyValueEntry) {
+	key := e.Key()
+	if e.Operation() == jetstream.KeyValuePut && !strings.HasPrefix(key, gatewayKeyPrefix) && !strings.HasPrefix(key, tokenIndexPrefix) {
+		var d Device
+		if json.Unmarshal(e.Value(), &d) == nil {
+			d.Revision = e.Revision()
+			if ent, err := entryOf(&d); err == nil {
+				r.cache.update(key, e.Revision(), ent)
+				return
+			}
+		}
+	}
+	r.cache.invalidate(key, e.Revision())
+}
 
 // bucketHead returns the devices bucket's last revision (its stream's last
 // sequence).

@@ -21,12 +21,16 @@ func (rep *LoadReport) SVG() string {
 		right  = 330.0 // room for the rounds chart and legends
 		panelH = 170.0
 		gap    = 44.0
-		top    = 70.0
+		top    = 110.0 // title, subtitle, first panel's title, then the rotated phase names
+		roundH = 150.0 // the rounds chart, below the panels
 	)
 	pw := W - left - right
 	var b strings.Builder
 	panels := 4
 	H := top + float64(panels)*(panelH+gap) + 20
+	if len(rep.Rounds) > 0 {
+		H += roundH + 50
+	}
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="12">`+"\n", W, H, W, H)
 	b.WriteString(`<rect width="100%" height="100%" fill="white"/>` + "\n")
 	title := fmt.Sprintf("devstatus load run %s — %d cores, load average %.1f → %.1f", rep.Started.Format("2006-01-02 15:04 UTC"), rep.Host.Cores, rep.Host.LoadStart, rep.Host.LoadEnd)
@@ -171,7 +175,7 @@ func (rep *LoadReport) SVG() string {
 			fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", left, left+pw, y, y)
 			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="end" font-size="10">%s</text>`+"\n", left-4, y+3, fmtNum(t))
 		}
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-weight="bold">%s</text>`+"\n", left, y0-8-boolF(pi == 0)*22, html.EscapeString(p.title+" ("+p.unit+")"))
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-weight="bold">%s</text>`+"\n", left, y0-8-boolF(pi == 0)*40, html.EscapeString(p.title+" ("+p.unit+")"))
 		// x ticks
 		xs := niceStep(tmax / 10)
 		for t := 0.0; t <= tmax && t/xs < 30; t += xs {
@@ -203,9 +207,9 @@ func (rep *LoadReport) SVG() string {
 			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-size="11">%s</text>`+"\n", left+pw+34, ly, html.EscapeString(l.name))
 		}
 	}
-	// rounds chart, right of the first two panels' legends
+	// rounds chart, below the panels
 	if len(rep.Rounds) > 0 {
-		x0, y0, w, h := left+pw+40, top+panelH+gap+60, right-70, panelH-10
+		x0, y0, w, h := left+30, top+float64(panels)*(panelH+gap)+30, math.Min(pw, 120*float64(len(rep.Rounds))), roundH
 		vmax := 0.0
 		for _, r := range rep.Rounds {
 			vmax = math.Max(vmax, math.Max(r.BaselinePerSec, r.ServicePerSec))
