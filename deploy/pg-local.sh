@@ -16,7 +16,9 @@
 # Relative paths are relative to the repository root. --data/--port/--db override either profile.
 # Other knobs: DEVSTATUS_PG_TIMEOUT (seconds to wait for readiness, default 60),
 # DEVSTATUS_PG_OSUSER (the OS user that runs Postgres when we are root, default postgres),
-# PG_BINDIR (directory with initdb/pg_ctl/postgres; default: found on PATH or /usr/lib/postgresql/*/bin).
+# PG_BINDIR (directory with initdb/pg_ctl/postgres; default: found on PATH or /usr/lib/postgresql/*/bin),
+# DEVSTATUS_PG_CONF (extra postgresql.conf lines, e.g. $'shared_buffers = 2GB\nmax_wal_size = 8GB';
+# applied at start: restart the cluster to change them).
 #
 # It never touches the system cluster (/var/lib/postgresql/*/main, port 5432): it uses its own data
 # directory, listens on 127.0.0.1:<port> only, and puts its unix socket in the data directory.
@@ -234,6 +236,9 @@ full_page_writes = off
 max_connections = 300
 "
 	fi
+	[[ -n ${DEVSTATUS_PG_CONF:-} ]] && conf+="# DEVSTATUS_PG_CONF
+$DEVSTATUS_PG_CONF
+"
 	as_pg tee "$pgdata/devstatus.conf" >/dev/null <<<"$conf"
 }
 

@@ -22,7 +22,10 @@
 #                and the worker during the rounds (pprof endpoints on loopback)
 #   BENCH_ARGS   extra flags for devicesim load (override the mode's defaults)
 #   BENCH_OFFLINE_AFTER  the service's --offline-after, also told to devicesim (default 40s: devices
-#                at 30 s); raise it with a slower fleet (e.g. 1 000 000 devices at 15 000/s: 90s)
+#                at 30 s); raise it with a slower fleet (e.g. 1 000 000 devices at 12 000/s: 120s);
+#                --probe-after follows at 7/8 of it
+#   BENCH_PG_CONF  postgresql.conf lines of the private cluster (default: shared_buffers 2GB,
+#                max_wal_size 8GB, checkpoint_timeout 15min)
 #   BENCH_GOGC   GOGC of the service process (default: Go's 100; docs/performance.md compares 400);
 #                BENCH_WORKER_GOGC that of the worker process; BENCH_GOMEMLIMIT the service's GOMEMLIMIT
 #   BENCH_DEVSTATUS  another devstatus binary to measure (e.g. an older commit) with this load generator
@@ -69,15 +72,24 @@ bin=$scratch/bin
 # BENCH_DEVSTATUS: measure another devstatus binary (e.g. an older commit) with this load generator.
 devstatus=${BENCH_DEVSTATUS:-$bin/devstatus}
 
-# Postgres: a private cluster, a fresh database per run.
-pgurl=$(deploy/pg-local.sh --data "$scratch/pg" --port "$pg_port" --db devstatus_bench start | tail -n1)
+# Postgres: a private cluster, a fresh database per run, restarted with the settings a fleet of a
+# million devices needs (the devices table and its indexes, ~1 GB, stay in shared buffers; fewer
+# checkpoints): BENCH_PG_CONF overrides them.
+pgconf=${BENCH_PG_CONF-$'shared_buffers = 2GB\nmax_wal_size = 8GB\ncheckpoint_timeout = 15min'}
+deploy/pg-local.sh --data "$scratch/pg" --port "$pg_port" stop
+pgurl=$(DEVSTATUS_PG_CONF=$pgconf deploy/pg-local.sh --data "$scratch/pg" --port "$pg_port" --db devstatus_bench start | tail -n1)
 pgurl=${pgurl#DATABASE_URL=}
 psql -q "${pgurl/devstatus_bench/postgres}" -c "DROP DATABASE IF EXISTS devstatus_bench WITH (FORCE)" -c "CREATE DATABASE devstatus_bench"
 pgpid=$(head -n1 "$scratch/pg/postmaster.pid")
 
 rm -rf "$scratch/data"
 offline_after=${BENCH_OFFLINE_AFTER:-40s}
-common=(--offline-after "$offline_after" --disconnect-after 300s --tick 1s --log-level warn --sync "$sync")
+# Probes start at 7/8 of offline-after (the defaults: 35 s of 40 s), so that a fleet heartbeating
+# within its interval is never probed, whatever the interval.
+oa_s=${offline_after%s}
+[[ $oa_s =~ ^[0-9]+$ ]] || { echo "bench: BENCH_OFFLINE_AFTER must be whole seconds, e.g. 120s" >&2; exit 2; }
+probe_after=$((oa_s * 7 / 8))s
+common=(--offline-after "$offline_after" --probe-after "$probe_after" --disconnect-after 300s --tick 1s --log-level warn --sync "$sync")
 case $mode in
 short)
 	# Rate limit scaled to the short run's fleet (same limiter code path, shorter interval).
