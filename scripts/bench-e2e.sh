@@ -94,7 +94,7 @@ case $mode in
 short)
 	# Rate limit scaled to the short run's fleet (same limiter code path, shorter interval).
 	rate=(--rate-min-interval 1s --rate-per-minute 60)
-	load=(--devices 30000 --gateway-devices 60000 --rounds 3 --round-duration 10s --sustain-duration 15s
+	load=(--devices 30000 --gateway-devices 100000 --rounds 3 --round-duration 10s --sustain-duration 15s
 		--steady-duration 55s --gateway-max-duration 15s --gateway-rate 33000 --gateway-duration 20s --gateway-ramp 5s)
 	;;
 full)

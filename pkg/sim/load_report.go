@@ -295,7 +295,14 @@ func (rep *LoadReport) targets() []TargetResult {
 	if m := rep.Memory; m != nil && m.TrackedAfter > m.TrackedBefore {
 		t5.Measured = fmt.Sprintf("%s process: RSS %.0f -> %.0f MiB for %.0f -> %.0f tracked devices: %.0f B/device (Go heap in use %.0f B/device)",
 			m.Process, m.RSSBeforeMiB, m.RSSAfterMiB, m.TrackedBefore, m.TrackedAfter, m.RSSBytesPerDevice, m.HeapBytesPerDevice)
-		t5.Met = yes(m.RSSBytesPerDevice <= 1024)
+		if m.TrackedAfter >= 1_000_000 {
+			t5.Met = yes(m.RSSBytesPerDevice <= 1024)
+		} else {
+			// The process's fixed costs (consumer buffers, snapshot encoding,
+			// the collector's headroom) dominate a small fleet: the figure
+			// is an upper bound, judged only with a million devices.
+			t5.Measured += "; judged with 1 000 000 devices (make bench-full): fixed costs dominate a smaller fleet"
+		}
 	}
 	ts = append(ts, t5)
 	return ts
