@@ -19,6 +19,7 @@ import (
 
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/internal/testenv"
+	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/pkg/service"
 	"github.com/devstatus/devstatus/pkg/sim"
@@ -152,7 +153,7 @@ func TestSimulatedFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := sim.NewClient(sim.ClientConfig{URL: "http://" + svc.Addr(), AdminToken: admin})
+	client, err := apiclient.NewClient(apiclient.ClientConfig{URL: "http://" + svc.Addr(), AdminToken: admin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +350,7 @@ func waitRestored(t *testing.T, svc *service.Service) uint64 {
 func TestDeviceIDsEndToEnd(t *testing.T) {
 	dsn, db := testenv.Postgres(t)
 	svc := front(t, dsn, service.AllRoles, simThresholds, 100*time.Millisecond)
-	client, err := sim.NewClient(sim.ClientConfig{URL: "http://" + svc.Addr(), AdminToken: admin})
+	client, err := apiclient.NewClient(apiclient.ClientConfig{URL: "http://" + svc.Addr(), AdminToken: admin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,7 +365,7 @@ func TestDeviceIDsEndToEnd(t *testing.T) {
 		tokens[id] = reg.Token
 	}
 	for _, id := range ids[1:] { // every id but A
-		if _, err := client.Heartbeat(ctx, id, tokens[id], sim.HeartbeatRequest{}); err != nil {
+		if _, err := client.Heartbeat(ctx, id, tokens[id], apiclient.HeartbeatRequest{}); err != nil {
 			t.Fatalf("heartbeat %q: %v", id, err)
 		}
 	}
@@ -391,7 +392,7 @@ func TestDeviceIDsEndToEnd(t *testing.T) {
 	// Refused ids publish nothing.
 	before := streamMsgs(t, svc)
 	for _, id := range []string{strings.Repeat("x", 129), "a\x00b", "tab\tid", "bad\xffutf8", "nl\n"} {
-		req, _ := http.NewRequest("POST", "http://"+svc.Addr()+sim.DevicePath(id)+"/heartbeat", nil)
+		req, _ := http.NewRequest("POST", "http://"+svc.Addr()+apiclient.DevicePath(id)+"/heartbeat", nil)
 		req.Header.Set("Authorization", "Bearer "+tokens["A"])
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

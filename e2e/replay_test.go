@@ -12,6 +12,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/devstatus/devstatus/internal/testenv"
+	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/pkg/service"
 	"github.com/devstatus/devstatus/pkg/sim"
@@ -125,7 +126,7 @@ func TestReplayTraceLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Stop(context.Background())
-	client, err := sim.NewClient(sim.ClientConfig{URL: "http://" + svc.Addr(), AdminToken: admin})
+	client, err := apiclient.NewClient(apiclient.ClientConfig{URL: "http://" + svc.Addr(), AdminToken: admin})
 	if err != nil {
 		t.Fatal(err)
 	}

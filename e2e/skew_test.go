@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/devstatus/devstatus/internal/testenv"
+	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/service"
-	"github.com/devstatus/devstatus/pkg/sim"
 )
 
 // Scenario 7 (device clock skew): A's clock is 10 minutes fast, B's an hour
@@ -18,7 +18,7 @@ import (
 func TestDeviceClockSkewIsMetadata(t *testing.T) {
 	dsn, _ := testenv.Postgres(t)
 	svc := front(t, dsn, service.AllRoles, simThresholds, 100*time.Millisecond)
-	client, err := sim.NewClient(sim.ClientConfig{URL: "http://" + svc.Addr(), AdminToken: admin})
+	client, err := apiclient.NewClient(apiclient.ClientConfig{URL: "http://" + svc.Addr(), AdminToken: admin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +32,7 @@ func TestDeviceClockSkewIsMetadata(t *testing.T) {
 		}
 		before := time.Now()
 		dt := time.Now().Add(skew)
-		if _, err := client.Heartbeat(ctx, id, reg.Token, sim.HeartbeatRequest{DeviceTime: &dt}); err != nil {
+		if _, err := client.Heartbeat(ctx, id, reg.Token, apiclient.HeartbeatRequest{DeviceTime: &dt}); err != nil {
 			t.Fatal(err)
 		}
 		received[id] = before
@@ -42,7 +42,7 @@ func TestDeviceClockSkewIsMetadata(t *testing.T) {
 		deadline := time.Now().Add(o + 10*time.Second)
 		for {
 			trs, err := client.Transitions(ctx, id)
-			if err != nil && !errors.Is(err, sim.ErrNotFound) { // 404 until projected
+			if err != nil && !errors.Is(err, apiclient.ErrNotFound) { // 404 until projected
 				t.Fatal(err)
 			}
 			if len(trs) == 2 {

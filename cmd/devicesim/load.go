@@ -14,7 +14,7 @@ import (
 
 	"github.com/peterbourgon/ff/v3/ffcli"
 
-	"github.com/devstatus/devstatus/pkg/sim"
+	"github.com/devstatus/devstatus/pkg/load"
 )
 
 // namedList is a repeatable flag of name=value pairs.
@@ -37,7 +37,7 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs := flag.NewFlagSet("devicesim load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		cfg                  sim.LoadConfig
+		cfg                  load.Config
 		logLevel, out, plot  string
 		label                string
 		metrics, pids, extra namedList
@@ -100,7 +100,7 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			for _, m := range metrics {
 				k, v, _ := strings.Cut(m, "=")
-				cfg.Metrics = append(cfg.Metrics, sim.NamedURL{Name: k, URL: v})
+				cfg.Metrics = append(cfg.Metrics, load.NamedURL{Name: k, URL: v})
 			}
 			for _, p := range pids {
 				k, v, _ := strings.Cut(p, "=")
@@ -108,10 +108,10 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 				if err != nil {
 					return fmt.Errorf("--cpu-pid %q: %w", p, err)
 				}
-				cfg.CPUPIDs = append(cfg.CPUPIDs, sim.NamedPID{Name: k, PID: pid})
+				cfg.CPUPIDs = append(cfg.CPUPIDs, load.NamedPID{Name: k, PID: pid})
 			}
 			cfg.Logger = log
-			rep, err := sim.Load(ctx, cfg)
+			rep, err := load.Run(ctx, cfg)
 			if rep != nil {
 				rep.Label = label
 				if len(extra) > 0 {
@@ -153,7 +153,7 @@ func baselineCommand(stdout, stderr io.Writer) *ffcli.Command {
 		FlagSet:    fs,
 		Options:    options(),
 		Exec: func(ctx context.Context, _ []string) error {
-			return sim.ServeBaseline(ctx, *addr, stdout)
+			return load.ServeBaseline(ctx, *addr, stdout)
 		},
 	}
 }
@@ -184,7 +184,7 @@ func waitWorkerCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if since > 0 {
 				start = time.Unix(0, int64(since*1e9))
 			}
-			res, err := sim.WaitWorker(ctx, url, start, partitions, lagBelow, timeout)
+			res, err := load.WaitWorker(ctx, url, start, partitions, lagBelow, timeout)
 			b, _ := json.MarshalIndent(res, "", "  ")
 			fmt.Fprintln(stdout, string(b))
 			if err != nil {
@@ -213,7 +213,7 @@ func plotCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if err != nil {
 				return err
 			}
-			var rep sim.LoadReport
+			var rep load.Report
 			if err := json.Unmarshal(b, &rep); err != nil {
 				return fmt.Errorf("devicesim plot: %s: %w", args[0], err)
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/sim"
 	"github.com/devstatus/devstatus/pkg/trace"
 )
@@ -83,11 +84,11 @@ func (h *httpFlags) register(fs *flag.FlagSet) {
 	registerLogLevel(fs, &h.logLevel)
 }
 
-func (h *httpFlags) client() (*sim.Client, error) {
+func (h *httpFlags) client() (*apiclient.Client, error) {
 	if h.adminToken == "" {
 		return nil, errors.New("--admin-token (or DEVICESIM_ADMIN_TOKEN) is required")
 	}
-	return sim.NewClient(sim.ClientConfig{URL: h.url, AdminToken: h.adminToken, Timeout: h.timeout})
+	return apiclient.NewClient(apiclient.ClientConfig{URL: h.url, AdminToken: h.adminToken, Timeout: h.timeout})
 }
 
 func registerLogLevel(fs *flag.FlagSet, p *string) {

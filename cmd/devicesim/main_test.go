@@ -14,7 +14,7 @@ import (
 
 	"github.com/devstatus/devstatus/internal/testenv"
 	"github.com/devstatus/devstatus/pkg/bus"
-	"github.com/devstatus/devstatus/pkg/sim"
+	"github.com/devstatus/devstatus/pkg/load"
 	"github.com/devstatus/devstatus/pkg/trace"
 )
 
@@ -107,7 +107,7 @@ func TestSimReportsMismatchesWithExitStatus1AndReadsEnv(t *testing.T) {
 
 func TestLoadReportsRate(t *testing.T) {
 	srv, beats := fakeEdge(t)
-	base := httptest.NewServer(sim.BaselineHandler())
+	base := httptest.NewServer(load.BaselineHandler())
 	t.Cleanup(base.Close)
 	dir := t.TempDir()
 	code, out, stderr := runCLI(t, "load", "--url", srv.URL, "--admin-token", "x", "--devices", "50", "--baseline-url", base.URL,
@@ -116,7 +116,7 @@ func TestLoadReportsRate(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "baseline/s") || !strings.Contains(out, "sustain") || beats.Load() == 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
 	}
-	var rep sim.LoadReport
+	var rep load.Report
 	b, err := os.ReadFile(filepath.Join(dir, "r.json"))
 	if err != nil || json.Unmarshal(b, &rep) != nil || len(rep.Rounds) != 1 || rep.Rounds[0].BaselinePerSec <= 0 || rep.Rounds[0].Ratio <= 0 {
 		t.Fatalf("report: %v\n%s", err, b)
@@ -136,10 +136,10 @@ func TestReplayVirtualPublishesToJetStream(t *testing.T) {
 }
 
 func TestPlotRedrawsAReport(t *testing.T) {
-	rep := sim.LoadReport{
+	rep := load.Report{
 		Version: 1, Label: "unit",
-		Rounds: []sim.RoundResult{{Round: 1, BaselinePerSec: 40000, ServicePerSec: 9000, ChainPerSec: 8800, Ratio: 0.225, ChainRatio: 0.22}},
-		Series: []sim.Sample{{T: 1, Phase: "baseline", Accepted: 40000}, {T: 2, Phase: "service-max", Accepted: 9000, P50: 2, P99: 30}},
+		Rounds: []load.RoundResult{{Round: 1, BaselinePerSec: 40000, ServicePerSec: 9000, ChainPerSec: 8800, Ratio: 0.225, ChainRatio: 0.22}},
+		Series: []load.Sample{{T: 1, Phase: "baseline", Accepted: 40000}, {T: 2, Phase: "service-max", Accepted: 9000, P50: 2, P99: 30}},
 	}
 	b, err := json.Marshal(rep)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/trace"
 )
 
@@ -63,7 +64,7 @@ type CheckOptions struct {
 // has beyond the expectations are ignored. It returns the mismatches sorted
 // by device (nil when everything matches); an error means the service could
 // not be read (a 404 is a mismatch, not an error).
-func Check(ctx context.Context, c *Client, exps []trace.Expectation, opts CheckOptions) ([]Mismatch, error) {
+func Check(ctx context.Context, c *apiclient.Client, exps []trace.Expectation, opts CheckOptions) ([]Mismatch, error) {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 16
 	}
@@ -72,7 +73,7 @@ func Check(ctx context.Context, c *Client, exps []trace.Expectation, opts CheckO
 	}
 	var out []Mismatch
 	if opts.StatusOnly {
-		devs, err := c.AllDevices(ctx, ListOptions{Limit: opts.PageSize})
+		devs, err := c.AllDevices(ctx, apiclient.ListOptions{Limit: opts.PageSize})
 		if err != nil {
 			return nil, err
 		}
@@ -121,9 +122,9 @@ func Check(ctx context.Context, c *Client, exps []trace.Expectation, opts CheckO
 	return out, nil
 }
 
-func checkOne(ctx context.Context, c *Client, e trace.Expectation, opts CheckOptions) ([]Mismatch, error) {
+func checkOne(ctx context.Context, c *apiclient.Client, e trace.Expectation, opts CheckOptions) ([]Mismatch, error) {
 	d, err := c.Device(ctx, e.Device)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, apiclient.ErrNotFound) {
 		return []Mismatch{{Device: e.Device, Kind: MismatchMissing, Want: string(e.Final), Got: "404"}}, nil
 	}
 	if err != nil {
@@ -161,7 +162,7 @@ func formatExpected(trs []trace.Transition) string {
 	return "[" + strings.Join(parts, " ") + "]"
 }
 
-func formatGot(trs []TransitionRecord) string {
+func formatGot(trs []apiclient.TransitionRecord) string {
 	parts := make([]string, len(trs))
 	for i, t := range trs {
 		parts[i] = fmt.Sprintf("%s→%s(%s)", t.From, t.To, t.ReasonCode)
@@ -179,7 +180,7 @@ func sortMismatches(ms []Mismatch) {
 // lags, e.g. after a virtual-time replay whose last tick is in the log: it
 // waits out the lag without a fixed sleep. A read error is retried too; the
 // last one is returned if the deadline passes on it.
-func CheckUntil(ctx context.Context, c *Client, exps []trace.Expectation, opts CheckOptions, deadline time.Time, poll time.Duration) ([]Mismatch, int, error) {
+func CheckUntil(ctx context.Context, c *apiclient.Client, exps []trace.Expectation, opts CheckOptions, deadline time.Time, poll time.Duration) ([]Mismatch, int, error) {
 	if poll <= 0 {
 		poll = 250 * time.Millisecond
 	}

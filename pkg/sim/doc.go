@@ -1,10 +1,7 @@
-// Package sim drives a running devstatus service over its real HTTP API and
-// checks what it answers, for end-to-end tests, demos and load runs.
+// Package sim drives a running devstatus service over its HTTP API (through
+// package apiclient) and checks what it answers, for end-to-end tests and
+// demos.
 //
-//   - [Client] speaks the design's API: registration, heartbeats (with 429
-//     Retry-After and 503 handling), the device list, one device, its
-//     transitions. Device ids are escaped as one path segment, so ids with
-//     '/', ':', '.', '*', '>', spaces or non-ASCII work.
 //   - [NewPlan] / [Plan.Run] / [Run] simulate a fleet: each device gets a
 //     [Behaviour] (steady, silent, returning, flapping, never), heartbeats
 //     with jitter, and an exact expectation (final status and transition
@@ -13,23 +10,20 @@
 //     depend on jitter or on where the service's ticks fall; a heartbeat that
 //     goes out later than half that margin marks its device Disturbed rather
 //     than producing a false mismatch.
-//   - [Check] compares a service with a list of expectations.
+//   - [Check] and [CheckUntil] compare a service with a list of
+//     expectations.
 //   - [ReplayLive] replays a window of the Grid'5000 trace over HTTP,
 //     time-compressed, and compares every node's final status with the
 //     oracle at a comparison time chosen away from every node's thresholds.
-//   - [Load] is the load generator of `make bench`: single heartbeats and
-//     gateway batches over HTTP keep-alive, closed and open loops, the
-//     throughput as a ratio to a plain net/http handler ([BaselineHandler])
-//     driven the same way in the same run, latency percentiles, lag,
-//     detection latency, CPU and memory read from the service's /metrics
-//     (what a dashboard sees) and the host's /proc; a JSON report and an SVG
-//     plot ([LoadReport]).
+//
+// The load generator of `make bench` is package load; the typed API client
+// is package apiclient.
 //
 // Every function takes a context, returns its outcome as a value ([Result],
-// [LiveResult], [LoadReport]) and never exits the process, so tests can call
-// it. What it must not do: reach into the service's internals (NATS, Postgres)
-// — it sees only what a device and a dashboard see — or decide what the
-// state machine should do by itself: expectations come from trace.Expect.
+// [LiveResult]) and never exits the process, so tests can call it. What it
+// must not do: reach into the service's internals (NATS, Postgres) — it sees
+// only what a device and a dashboard see — or decide what the state machine
+// should do by itself: expectations come from trace.Expect.
 //
 // The service under test must run with the scenario's thresholds and with
 // its per-device rate limit off or below the heartbeat interval

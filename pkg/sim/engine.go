@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/devstatus/devstatus/pkg/apiclient"
 )
 
 // HeartbeatStats counts what happened to the heartbeats of a run.
@@ -104,11 +106,11 @@ type beatOutcome struct {
 // beat sends one heartbeat due at due, retrying 429 and 503 after their
 // Retry-After (or the client's RetryWait) as long as the retry starts before
 // deadline.
-func (r *recorder) beat(ctx context.Context, c *Client, dev int, id, token string, due, deadline time.Time) beatOutcome {
+func (r *recorder) beat(ctx context.Context, c *apiclient.Client, dev int, id, token string, due, deadline time.Time) beatOutcome {
 	var out beatOutcome
 	for {
 		now := time.Now()
-		req := HeartbeatRequest{DeviceTime: &now, Metrics: map[string]any{
+		req := apiclient.HeartbeatRequest{DeviceTime: &now, Metrics: map[string]any{
 			"battery": 20 + rand.IntN(81), "signal": -50 - rand.IntN(40), "app_version": "devicesim/1",
 		}}
 		r.sent.Add(1)
@@ -128,7 +130,7 @@ func (r *recorder) beat(ctx context.Context, c *Client, dev int, id, token strin
 			out.Err, out.Canceled = err, true
 			return out
 		}
-		var ae *APIError
+		var ae *apiclient.APIError
 		if !errors.As(err, &ae) || (ae.Status != 429 && ae.Status != 503) {
 			r.failed.Add(1)
 			out.Err = err
@@ -142,7 +144,7 @@ func (r *recorder) beat(ctx context.Context, c *Client, dev int, id, token strin
 		out.Retried = true
 		wait := ae.RetryAfter
 		if wait == 0 {
-			wait = c.cfg.RetryWait
+			wait = c.RetryWait()
 		}
 		if time.Now().Add(wait).After(deadline) {
 			r.failed.Add(1)
@@ -236,7 +238,7 @@ loop:
 
 // registerAll registers ids[i] in groups[i] with concurrency workers and
 // returns the tokens.
-func registerAll(ctx context.Context, c *Client, ids, groups []string, workers int, log *slog.Logger) ([]string, error) {
+func registerAll(ctx context.Context, c *apiclient.Client, ids, groups []string, workers int, log *slog.Logger) ([]string, error) {
 	tokens := make([]string, len(ids))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -11,14 +11,15 @@ import (
 	"time"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/devstatus/devstatus/pkg/trace"
 )
 
 // fake is a small stand-in for the devstatus HTTP edge: registration,
 // heartbeats, and reads whose statuses come from the oracle applied to the
-// heartbeats' receive times at read time. It exists to test the client and
-// the simulator's timing; it is not a model of the service.
+// heartbeats' receive times at read time. It exists to test the simulator's
+// checks and timing; it is not a model of the service.
 type fake struct {
 	t     testing.TB
 	th    trace.Thresholds
@@ -33,10 +34,6 @@ type fake struct {
 	ignore map[string]bool
 	// lag makes reads show the state of lag ago.
 	lag time.Duration
-	// seen records every id that reached a handler, decoded.
-	seen map[string]bool
-	// bodies counts heartbeat bodies with device_time and metrics.
-	goodBodies int
 }
 
 type fakeDevice struct {
@@ -45,7 +42,7 @@ type fakeDevice struct {
 }
 
 func newFake(t testing.TB, th trace.Thresholds) (*fake, *httptest.Server) {
-	f := &fake{t: t, th: th, admin: "admin-secret", devices: map[string]*fakeDevice{}, refuse429: map[string]int{}, ignore: map[string]bool{}, seen: map[string]bool{}}
+	f := &fake{t: t, th: th, admin: "admin-secret", devices: map[string]*fakeDevice{}, refuse429: map[string]int{}, ignore: map[string]bool{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/devices", f.register)
 	mux.HandleFunc("POST /v1/devices/{id}/heartbeat", f.heartbeat)
@@ -91,7 +88,6 @@ func (f *fake) heartbeat(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.seen[id] = true
 	d := f.devices[id]
 	if d == nil {
 		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "unknown device")
@@ -113,9 +109,6 @@ func (f *fake) heartbeat(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeMalformedJSON, err.Error())
 		return
 	}
-	if body.DeviceTime != nil && len(body.Metrics) > 2 {
-		f.goodBodies++
-	}
 	if f.refuse429[id] > 0 {
 		f.refuse429[id]--
 		httpx.WriteRetryAfter(w, http.StatusTooManyRequests, httpx.CodeRateLimited, "slow down", time.Second)
@@ -125,7 +118,7 @@ func (f *fake) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if !f.ignore[id] {
 		d.hbs = append(d.hbs, now)
 	}
-	httpx.WriteJSON(w, http.StatusOK, HeartbeatResponse{Status: status, HeartbeatIntervalS: 30})
+	httpx.WriteJSON(w, http.StatusOK, apiclient.HeartbeatResponse{Status: status, HeartbeatIntervalS: 30})
 }
 
 // view is the oracle over the device's receive times as of at − lag.
@@ -144,9 +137,9 @@ func (f *fake) view(d *fakeDevice, at time.Time) trace.Expectation {
 	return e
 }
 
-func (f *fake) deviceJSON(d *fakeDevice, now time.Time) Device {
+func (f *fake) deviceJSON(d *fakeDevice, now time.Time) apiclient.Device {
 	e := f.view(d, now)
-	out := Device{ID: d.id, Group: d.group, Status: e.Final}
+	out := apiclient.Device{ID: d.id, Group: d.group, Status: e.Final}
 	if e.Heartbeats > 0 {
 		lh := e.LastHeartbeat
 		out.LastHeartbeatAt = &lh
@@ -159,7 +152,6 @@ func (f *fake) lookup(w http.ResponseWriter, r *http.Request) *fakeDevice {
 		return nil
 	}
 	id := r.PathValue("id")
-	f.seen[id] = true
 	d := f.devices[id]
 	if d == nil {
 		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "unknown device")
@@ -182,9 +174,9 @@ func (f *fake) transitions(w http.ResponseWriter, r *http.Request) {
 	if d == nil {
 		return
 	}
-	trs := []TransitionRecord{}
+	trs := []apiclient.TransitionRecord{}
 	for _, tr := range f.view(d, time.Now()).Transitions {
-		trs = append(trs, TransitionRecord{From: tr.From, To: tr.To, ReasonCode: tr.ReasonCode, Reason: "fake", At: tr.At})
+		trs = append(trs, apiclient.TransitionRecord{From: tr.From, To: tr.To, ReasonCode: tr.ReasonCode, Reason: "fake", At: tr.At})
 	}
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{"transitions": trs})
 }
@@ -200,7 +192,7 @@ func (f *fake) list(w http.ResponseWriter, r *http.Request) {
 	limit = min(max(limit, 1), 100) // the fake caps pages at 100 to exercise paging
 	i, _ := strconv.Atoi(r.URL.Query().Get("cursor"))
 	now := time.Now()
-	page := DevicePage{Devices: []Device{}}
+	page := apiclient.DevicePage{Devices: []apiclient.Device{}}
 	for ; i < len(f.order) && len(page.Devices) < limit; i++ {
 		d := f.devices[f.order[i]]
 		if st := r.URL.Query().Get("status"); st != "" && f.view(d, now).Final != events.Status(st) {
@@ -218,4 +210,13 @@ func (f *fake) ids() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.order)
+}
+
+func newTestClient(t *testing.T, url, admin string) *apiclient.Client {
+	t.Helper()
+	c, err := apiclient.NewClient(apiclient.ClientConfig{URL: url, AdminToken: admin, RetryWait: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

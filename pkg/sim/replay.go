@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/trace"
 )
 
@@ -109,7 +110,7 @@ func (c *LiveConfig) validate() error {
 		errs = append(errs, errors.New("no trace"))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w: live replay: %w", ErrInvalidConf, err)
+		return fmt.Errorf("%w: live replay: %w", ErrInvalidConfig, err)
 	}
 	return nil
 }
@@ -221,7 +222,7 @@ func (r *LiveResult) String() string {
 // 503) or failed marks its node Disturbed (reported, and compared when still
 // unambiguous). With settings that fit the service this leaves no node
 // uncompared, and a mismatch means the service disagrees with the oracle.
-func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, error) {
+func ReplayLive(ctx context.Context, c *apiclient.Client, cfg LiveConfig) (*LiveResult, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -244,7 +245,7 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 		for _, name := range cfg.Nodes {
 			n := cfg.Trace.Node(name)
 			if n == nil {
-				return nil, fmt.Errorf("%w: live replay: no node %q in the trace", ErrInvalidConf, name)
+				return nil, fmt.Errorf("%w: live replay: no node %q in the trace", ErrInvalidConfig, name)
 			}
 			sched = append(sched, trace.NodeHeartbeats{Node: name, Times: n.Heartbeats(ext, 0)})
 		}
@@ -263,7 +264,7 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 		}
 		e, err := trace.Expect(ids[i], hbs[i], ext.To.Add(2*cfg.Thresholds.DisconnectAfter), cfg.Thresholds)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalidConf, err)
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
 		for _, tr := range e.Transitions {
 			changes = append(changes, tr.At)
@@ -272,7 +273,7 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 	slices.SortStableFunc(items, func(a, b item) int { return cmp.Compare(a.at, b.at) })
 	res.CompareAt = pickCompareTime(changes, cfg.Window.To, before, after)
 	if res.CompareAt.Add(after).After(ext.To) {
-		return nil, fmt.Errorf("%w: live replay: no quiet comparison time within %s after the window; lower Settle, Tolerance, ReadBudget or Factor", ErrInvalidConf, tail)
+		return nil, fmt.Errorf("%w: live replay: no quiet comparison time within %s after the window; lower Settle, Tolerance, ReadBudget or Factor", ErrInvalidConfig, tail)
 	}
 	// expectation at T_end = CompareAt, from the heartbeats up to it
 	exps := make([]trace.Expectation, len(sched))
@@ -280,7 +281,7 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 		upTo := hbs[i][:sort.Search(len(hbs[i]), func(j int) bool { return hbs[i][j].After(res.CompareAt) })]
 		e, err := trace.Expect(ids[i], upTo, res.CompareAt, cfg.Thresholds)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalidConf, err)
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
 		if e.Heartbeats > 0 {
 			res.NodesWithHeartbeats++
@@ -352,7 +353,7 @@ func ReplayLive(ctx context.Context, c *Client, cfg LiveConfig) (*LiveResult, er
 		return nil, err
 	}
 	res.ReadFrom = time.Now()
-	devs, err := c.AllDevices(ctx, ListOptions{Limit: 500})
+	devs, err := c.AllDevices(ctx, apiclient.ListOptions{Limit: 500})
 	res.ReadTo = time.Now()
 	stopRun()
 	<-done

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/devstatus/devstatus/pkg/apiclient"
 )
 
 // RunOptions configures [Plan.Run].
@@ -110,7 +112,7 @@ func (r *Result) String() string {
 }
 
 // Run builds the plan of s ([NewPlan]) and runs it ([Plan.Run]).
-func Run(ctx context.Context, c *Client, s Scenario, opts RunOptions) (*Result, error) {
+func Run(ctx context.Context, c *apiclient.Client, s Scenario, opts RunOptions) (*Result, error) {
 	p, err := NewPlan(s)
 	if err != nil {
 		return nil, err
@@ -130,7 +132,7 @@ func Run(ctx context.Context, c *Client, s Scenario, opts RunOptions) (*Result, 
 // The service must run with the plan's thresholds and with its per-device
 // rate limit off or below the interval (--rate-min-interval 0
 // --rate-per-minute 0 for the default 1 s interval).
-func (p *Plan) Run(ctx context.Context, c *Client, opts RunOptions) (*Result, error) {
+func (p *Plan) Run(ctx context.Context, c *apiclient.Client, opts RunOptions) (*Result, error) {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 64
 	}

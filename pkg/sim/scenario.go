@@ -12,6 +12,9 @@ import (
 	"github.com/devstatus/devstatus/pkg/trace"
 )
 
+// ErrInvalidConfig wraps the errors of a bad [Scenario] or [LiveConfig].
+var ErrInvalidConfig = errors.New("sim: invalid config")
+
 // Behaviour is what a simulated device does over a scenario.
 type Behaviour string
 
@@ -165,7 +168,7 @@ func (s *Scenario) validate() error {
 		errs = append(errs, fmt.Errorf("prefix %q is longer than 40 bytes", s.Prefix))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w: scenario: %w", ErrInvalidConf, err)
+		return fmt.Errorf("%w: scenario: %w", ErrInvalidConfig, err)
 	}
 	return nil
 }
@@ -248,7 +251,7 @@ func (p *Plan) Counts() map[Behaviour]int {
 // expectation with the oracle ([trace.Expect]). It then checks the margins
 // on the intended times (every gap and final silence at least Margin from O
 // and D, stable over [CheckAt, Stop]) and refuses a scenario that breaks
-// them with an error wrapping [ErrInvalidConf].
+// them with an error wrapping [ErrInvalidConfig].
 func NewPlan(s Scenario) (*Plan, error) {
 	s.setDefaults()
 	if err := s.validate(); err != nil {
@@ -349,11 +352,11 @@ func NewPlan(s Scenario) (*Plan, error) {
 		}
 		e, err := trace.Expect(d.ID, hbs, planEpoch.Add(tc), s.Thresholds)
 		if err != nil {
-			return nil, fmt.Errorf("%w: device %d: %w", ErrInvalidConf, i, err)
+			return nil, fmt.Errorf("%w: device %d: %w", ErrInvalidConfig, i, err)
 		}
 		d.Expect = e
 		if err := p.checkMargins(&d); err != nil {
-			return nil, fmt.Errorf("%w: device %d (%s): %w", ErrInvalidConf, i, d.Behaviour, err)
+			return nil, fmt.Errorf("%w: device %d (%s): %w", ErrInvalidConfig, i, d.Behaviour, err)
 		}
 		p.Devices = append(p.Devices, d)
 	}

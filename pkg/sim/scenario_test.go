@@ -123,8 +123,8 @@ func TestNewPlanRefusesTightThresholds(t *testing.T) {
 		{Mix: map[Behaviour]int{Steady: 0}},
 	}
 	for i, s := range bad {
-		if _, err := NewPlan(s); !errors.Is(err, ErrInvalidConf) {
-			t.Errorf("case %d: want ErrInvalidConf, got %v", i, err)
+		if _, err := NewPlan(s); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("case %d: want ErrInvalidConfig, got %v", i, err)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package sim
+package apiclient
 
 import (
 	"bytes"
@@ -18,16 +18,18 @@ import (
 
 // Sentinel errors an [*APIError] matches with errors.Is, by HTTP status.
 var (
-	ErrBadRequest   = errors.New("sim: bad request")           // 400, 413, 415
-	ErrUnauthorized = errors.New("sim: unauthorized")          // 401, 403
-	ErrNotFound     = errors.New("sim: not found")             // 404
-	ErrConflict     = errors.New("sim: already exists")        // 409
-	ErrRateLimited  = errors.New("sim: rate limited")          // 429
-	ErrUnavailable  = errors.New("sim: service unavailable")   // 503
-	ErrInvalidConf  = errors.New("sim: invalid configuration") // wraps config errors
+	ErrBadRequest   = errors.New("apiclient: bad request")         // 400, 413, 415
+	ErrUnauthorized = errors.New("apiclient: unauthorized")        // 401, 403
+	ErrNotFound     = errors.New("apiclient: not found")           // 404
+	ErrConflict     = errors.New("apiclient: already exists")      // 409
+	ErrRateLimited  = errors.New("apiclient: rate limited")        // 429
+	ErrUnavailable  = errors.New("apiclient: service unavailable") // 503
 )
 
-// APIError is a non-2xx answer of the service, with the design's error body
+// ErrInvalidConfig wraps the errors of [NewClient] for a bad [ClientConfig].
+var ErrInvalidConfig = errors.New("apiclient: invalid config")
+
+// APIError is a non-2xx answer of the service, with the API's error body
 // ({"error": {"code", "message"}}) when it had one.
 type APIError struct {
 	// Op names the call ("register", "heartbeat", …).
@@ -41,7 +43,7 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string {
-	s := fmt.Sprintf("sim: %s: HTTP %d", e.Op, e.Status)
+	s := fmt.Sprintf("apiclient: %s: HTTP %d", e.Op, e.Status)
 	if e.Code != "" {
 		s += " " + e.Code
 	}
@@ -91,18 +93,19 @@ type ClientConfig struct {
 	MaxRetryAfter time.Duration
 }
 
-// Client calls the devstatus HTTP API (design.md). It is safe for concurrent
-// use and holds no state beyond its configuration.
+// Client calls the devstatus HTTP API. It is safe for concurrent use and
+// holds no state beyond its configuration.
 type Client struct {
 	cfg  ClientConfig
 	base string
 }
 
-// NewClient checks cfg and returns a client.
+// NewClient checks cfg, applies its defaults and returns a client; a bad URL
+// gives an error wrapping [ErrInvalidConfig].
 func NewClient(cfg ClientConfig) (*Client, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("%w: URL %q must be http(s)://host[:port]", ErrInvalidConf, cfg.URL)
+		return nil, fmt.Errorf("%w: URL %q must be http(s)://host[:port]", ErrInvalidConfig, cfg.URL)
 	}
 	if cfg.HTTP == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -126,6 +129,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	return &Client{cfg: cfg, base: strings.TrimRight(cfg.URL, "/")}, nil
 }
+
+// RetryWait is the configured wait before retrying a 503 that has no
+// Retry-After (default 500 ms), for callers that retry [Client.HeartbeatOnce]
+// themselves.
+func (c *Client) RetryWait() time.Duration { return c.cfg.RetryWait }
 
 // DevicePath is the URL path of a device: "/v1/devices/" + the id escaped as
 // one path segment (url.PathEscape: '/' becomes %2F, space %20, non-ASCII
@@ -206,26 +214,22 @@ func (c *Client) Register(ctx context.Context, id, group string) (Registration, 
 // device token), without retrying: a 429 or 503 comes back as an
 // [*APIError] with RetryAfter set.
 func (c *Client) HeartbeatOnce(ctx context.Context, id, token string, req HeartbeatRequest) (*HeartbeatResponse, error) {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("sim: heartbeat body: %w", err)
-	}
-	var resp HeartbeatResponse
-	if err := c.do(ctx, "heartbeat", http.MethodPost, DevicePath(id)+"/heartbeat", token, body, http.StatusOK, &resp, false); err != nil {
-		return nil, err
-	}
-	return &resp, nil
+	return c.heartbeat(ctx, id, token, req, false)
 }
 
 // Heartbeat is [Client.HeartbeatOnce] retried on 429 (after Retry-After) and
 // 503 (after Retry-After or RetryWait), up to Retries times.
 func (c *Client) Heartbeat(ctx context.Context, id, token string, req HeartbeatRequest) (*HeartbeatResponse, error) {
+	return c.heartbeat(ctx, id, token, req, true)
+}
+
+func (c *Client) heartbeat(ctx context.Context, id, token string, req HeartbeatRequest, retry bool) (*HeartbeatResponse, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
-		return nil, fmt.Errorf("sim: heartbeat body: %w", err)
+		return nil, fmt.Errorf("apiclient: heartbeat body: %w", err)
 	}
 	var resp HeartbeatResponse
-	if err := c.do(ctx, "heartbeat", http.MethodPost, DevicePath(id)+"/heartbeat", token, body, http.StatusOK, &resp, true); err != nil {
+	if err := c.do(ctx, "heartbeat", http.MethodPost, DevicePath(id)+"/heartbeat", token, body, http.StatusOK, &resp, retry); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -281,7 +285,7 @@ func (c *Client) AllDevices(ctx context.Context, opts ListOptions) ([]Device, er
 			return out, nil
 		}
 		if seen[p.NextCursor] {
-			return out, fmt.Errorf("sim: list devices: cursor %q repeats", p.NextCursor)
+			return out, fmt.Errorf("apiclient: list devices: cursor %q repeats", p.NextCursor)
 		}
 		seen[p.NextCursor] = true
 		opts.Cursor = p.NextCursor
@@ -300,11 +304,29 @@ func (c *Client) Transitions(ctx context.Context, id string) ([]TransitionRecord
 	return body.Transitions, nil
 }
 
-// Summary reads the fleet counts per status (GET /v1/summary).
-func (c *Client) Summary(ctx context.Context) (map[events.Status]int, error) {
-	out := map[events.Status]int{}
-	err := c.do(ctx, "summary", http.MethodGet, "/v1/summary", c.cfg.AdminToken, nil, http.StatusOK, &out, true)
-	return out, err
+// Counts are device counts per status.
+type Counts struct {
+	Registered         int `json:"registered"`
+	Connected          int `json:"connected"`
+	TemporarilyOffline int `json:"temporarily_offline"`
+	Disconnected       int `json:"disconnected"`
+	Total              int `json:"total"`
+}
+
+// Summary is the answer of GET /v1/summary: the fleet's counts, and the
+// same per group ("" is the devices without a group).
+type Summary struct {
+	Counts
+	Groups map[string]Counts `json:"groups"`
+}
+
+// Summary reads the fleet's counts per status and per group (GET /v1/summary).
+func (c *Client) Summary(ctx context.Context) (*Summary, error) {
+	var out Summary
+	if err := c.do(ctx, "summary", http.MethodGet, "/v1/summary", c.cfg.AdminToken, nil, http.StatusOK, &out, true); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // do performs one call; with retry it retries 429 and 503.
@@ -343,7 +365,7 @@ func (c *Client) once(ctx context.Context, op, method, path, token string, body 
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return fmt.Errorf("sim: %s: %w", op, err)
+		return fmt.Errorf("apiclient: %s: %w", op, err)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -354,12 +376,12 @@ func (c *Client) once(ctx context.Context, op, method, path, token string, body 
 	}
 	resp, err := c.cfg.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("sim: %s: %w", op, err)
+		return fmt.Errorf("apiclient: %s: %w", op, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("sim: %s: read answer: %w", op, err)
+		return fmt.Errorf("apiclient: %s: read answer: %w", op, err)
 	}
 	if resp.StatusCode != want {
 		ae := &APIError{Op: op, Status: resp.StatusCode}
@@ -383,7 +405,7 @@ func (c *Client) once(ctx context.Context, op, method, path, token string, body 
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("sim: %s: decode answer: %w", op, err)
+			return fmt.Errorf("apiclient: %s: decode answer: %w", op, err)
 		}
 	}
 	return nil

@@ -1,4 +1,4 @@
-package sim
+package load
 
 import (
 	"context"
@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/devstatus/devstatus/pkg/load/internal/procstat"
 )
 
 // NamedURL names a /metrics page of a process of the service under test
@@ -27,7 +29,7 @@ type NamedPID struct {
 	PID  int
 }
 
-// LoadConfig configures [Load]. Zero values take the documented defaults.
+// Config configures [Run]. Zero values take the documented defaults.
 //
 // A run has phases, each optional, in this order:
 //
@@ -61,7 +63,7 @@ type NamedPID struct {
 // once, then a drain; by design each comeback is told should_reconnect
 // once, a registry round trip), so that no timed phase pays for a comeback
 // storm.
-type LoadConfig struct {
+type Config struct {
 	// URL of the service, e.g. http://127.0.0.1:8080. Required.
 	URL string
 	// AdminToken registers the devices and gateways. Required.
@@ -155,7 +157,7 @@ type LoadConfig struct {
 	Logger *slog.Logger
 }
 
-func (c *LoadConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	if c.Devices == 0 {
 		c.Devices = 20_000
 	}
@@ -172,7 +174,7 @@ func (c *LoadConfig) setDefaults() {
 		c.RegisterConcurrency = 64
 	}
 	if c.Prefix == "" {
-		c.Prefix = randomPrefix("ld")
+		c.Prefix = fmt.Sprintf("ld-%08x-", rand.Uint32())
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
@@ -214,7 +216,7 @@ func (c *LoadConfig) setDefaults() {
 	}
 }
 
-func (c *LoadConfig) validate() error {
+func (c *Config) validate() error {
 	var errs []error
 	if c.URL == "" || c.AdminToken == "" {
 		errs = append(errs, errors.New("URL and AdminToken are required"))
@@ -232,14 +234,17 @@ func (c *LoadConfig) validate() error {
 		errs = append(errs, errors.New("gateway devices must be a multiple of the gateway batch"))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w: load: %w", ErrInvalidConf, err)
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	return nil
 }
 
+// ErrInvalidConfig wraps the errors of [Run] for a bad [Config].
+var ErrInvalidConfig = errors.New("load: invalid config")
+
 // loadRun is one run's state.
 type loadRun struct {
-	cfg   LoadConfig
+	cfg   Config
 	log   *slog.Logger
 	start time.Time
 	hc    *http.Client
@@ -266,10 +271,12 @@ type loadRun struct {
 	lastSingle, lastGateway time.Time
 }
 
-// Load runs the phases of cfg against a running service and returns the
+// Run runs the phases of cfg against a running service and returns the
 // report. The service must run with thresholds matching cfg.OfflineAfter
-// and a rate limit that the schedule respects (see LoadConfig.Devices).
-func Load(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
+// and a rate limit that the schedule respects (see Config.Devices). A bad
+// cfg gives an error wrapping [ErrInvalidConfig]; an error of a phase
+// returns the report of the phases before it with the error.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -278,7 +285,7 @@ func Load(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	r.secHist.Store(&hist{})
 	idle := "idle"
 	r.phaseName.Store(&idle)
-	rep := &LoadReport{Version: 1, Started: time.Now().UTC(), Config: reportConfig(&cfg), Host: hostInfo()}
+	rep := &Report{Version: 1, Started: time.Now().UTC(), Config: reportConfig(&cfg), Host: hostInfo()}
 	r.start = time.Now()
 
 	sctx, stopSampler := context.WithCancel(ctx)
@@ -292,33 +299,16 @@ func Load(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	if err := r.register(ctx, rep); err != nil {
 		return nil, err
 	}
-	if err := r.warmup(ctx, rep); err != nil {
-		return rep, err
-	}
 	// Gateway phases first, then single heartbeats: a fleet idle for longer
 	// than offline-after comes back first (rewarm: each device once, its
 	// comeback told and logged), so that no timed phase pays for a
 	// comeback storm.
-	if err := r.rewarm(ctx, rep, false); err != nil {
-		return rep, err
-	}
-	if err := r.gatewayOpen(ctx, rep); err != nil {
-		return rep, err
-	}
-	if err := r.rewarm(ctx, rep, false); err != nil {
-		return rep, err
-	}
-	if err := r.gatewayMax(ctx, rep); err != nil {
-		return rep, err
-	}
-	if err := r.rewarm(ctx, rep, true); err != nil {
-		return rep, err
-	}
-	if err := r.rounds(ctx, rep); err != nil {
-		return rep, err
-	}
-	if err := r.singleOpen(ctx, rep); err != nil {
-		return rep, err
+	for _, phase := range []func(context.Context, *Report) error{
+		r.warmup, r.rewarmGateways, r.gatewayOpen, r.rewarmGateways, r.gatewayMax, r.rewarmSingles, r.rounds, r.singleOpen,
+	} {
+		if err := phase(ctx, rep); err != nil {
+			return rep, err
+		}
 	}
 	r.memory(ctx, rep)
 	r.setPhase("done")
@@ -328,7 +318,7 @@ func Load(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	rep.Series = slices.Clone(r.series)
 	r.mu.Unlock()
 	rep.Finished = time.Now().UTC()
-	rep.Host.LoadEnd = loadAvg()
+	rep.Host.LoadEnd = procstat.LoadAvg()
 	rep.summarize()
 	return rep, nil
 }
@@ -355,7 +345,7 @@ func (r *loadRun) sample(ctx context.Context) {
 	prevT := time.Now()
 	prevPID := map[string]float64{}
 	for _, p := range r.cfg.CPUPIDs {
-		prevPID[p.Name] = treeCPU(p.PID)
+		prevPID[p.Name] = procstat.TreeCPU(p.PID)
 	}
 	for {
 		select {
@@ -370,7 +360,7 @@ func (r *loadRun) sample(ctx context.Context) {
 		acc, req, fail := r.accepted.Load(), r.requests.Load(), r.failures.Load()
 		s := Sample{T: math.Round(now.Sub(r.start).Seconds()*10) / 10, Phase: *r.phaseName.Load(),
 			Accepted: float64(acc-prevAcc) / dt, Requests: float64(req-prevReq) / dt, Failures: float64(fail-prevFail) / dt,
-			Load1: loadAvg(), CPU: map[string]float64{}, RSSMiB: map[string]float64{}}
+			Load1: procstat.LoadAvg(), CPU: map[string]float64{}, RSSMiB: map[string]float64{}}
 		prevAcc, prevReq, prevFail = acc, req, fail
 		if h.count() > 0 {
 			ls := h.summary()
@@ -396,10 +386,10 @@ func (r *loadRun) sample(ctx context.Context) {
 			s.RSSMiB[name] = ps.RSS / (1 << 20)
 		}
 		for _, p := range r.cfg.CPUPIDs {
-			c := treeCPU(p.PID)
+			c := procstat.TreeCPU(p.PID)
 			s.CPU[p.Name] = (c - prevPID[p.Name]) / dt
 			prevPID[p.Name] = c
-			s.RSSMiB[p.Name] = processRSS(p.PID) / (1 << 20)
+			s.RSSMiB[p.Name] = procstat.RSS(p.PID) / (1 << 20)
 		}
 		prev = cur
 		r.mu.Lock()
@@ -431,7 +421,7 @@ func (r *loadRun) counters(ctx context.Context) counters {
 		}
 	}
 	for _, p := range r.cfg.CPUPIDs {
-		c.cpu[p.Name] = treeCPU(p.PID)
+		c.cpu[p.Name] = procstat.TreeCPU(p.PID)
 	}
 	return c
 }
@@ -450,17 +440,10 @@ func (r *loadRun) lagNow(ctx context.Context) float64 {
 func (r *loadRun) drain(ctx context.Context) time.Duration { return r.drainFor(ctx, r.cfg.MaxDrain) }
 
 func (r *loadRun) drainFor(ctx context.Context, limit time.Duration) time.Duration {
-	start := time.Now()
 	if len(r.cfg.Metrics) == 0 {
 		return 0
 	}
-	for time.Since(start) < limit && ctx.Err() == nil {
-		if r.lagNow(ctx) < 100 {
-			break
-		}
-		_ = sleepCtx(ctx, 250*time.Millisecond)
-	}
-	return time.Since(start)
+	return waitFor(ctx, limit, 250*time.Millisecond, func() bool { return r.lagNow(ctx) < 100 })
 }
 
 // phaseResult turns two counter snapshots and a phase's stats into a result.
@@ -489,16 +472,22 @@ func (r *loadRun) phaseResult(name, kind, mode string, offered float64, ps *phas
 	if acc > 0 && len(r.cfg.Metrics) > 0 {
 		res.ServiceCPUPer1000 = round3(svc / acc * 1000)
 	}
-	if len(r.cfg.Metrics) > 0 {
+	switch {
+	case kind == "baseline":
+		// The baseline has no chain behind it: only what it accepted counts.
+	case len(r.cfg.Metrics) > 0:
 		res.WorkerPerSec = (b.worker - a.worker) / secs
 		res.ProjectedPerSec = (b.proj - a.proj) / secs
 		res.ChainPerSec = min(res.AcceptedPerSec, res.WorkerPerSec, res.ProjectedPerSec)
-	} else {
+	default:
 		res.ChainPerSec = res.AcceptedPerSec
 	}
-	res.Lag = r.lagTrend(res.Start, res.Start+secs, res.AcceptedPerSec)
-	res.SecondHalfPerSec, res.SecondHalfChainPerSec = r.secondHalf(res.Start, res.Start+secs)
-	res.LoadAvg = loadAvg()
+	res.Transitions = b.trans - a.trans
+	r.mu.Lock()
+	res.Lag = lagTrend(r.series, res.Start, res.Start+secs, res.AcceptedPerSec)
+	res.SecondHalfPerSec, res.SecondHalfChainPerSec = secondHalf(r.series, res.Start, res.Start+secs, len(r.cfg.Metrics) > 0)
+	r.mu.Unlock()
+	res.LoadAvg = procstat.LoadAvg()
 	return res
 }
 
@@ -514,14 +503,13 @@ func (r *loadRun) isPID(name string) bool {
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 
 // lagTrend fits the total lag of the samples in the second half of [from,
-// to] (seconds since the start) and judges whether it grows.
-func (r *loadRun) lagTrend(from, to, rate float64) LagTrend {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// to] (seconds since the start) and judges whether it grows at an input of
+// rate heartbeats per second.
+func lagTrend(series []Sample, from, to, rate float64) LagTrend {
 	var lt LagTrend
 	mid := (from + to) / 2
 	var xs, ys []float64
-	for _, s := range r.series {
+	for _, s := range series {
 		if s.T < from || s.T > to {
 			continue
 		}
@@ -546,15 +534,13 @@ func (r *loadRun) lagTrend(from, to, rate float64) LagTrend {
 }
 
 // secondHalf averages the accepted heartbeats per second, and the least
-// of accepted, applied by the workers and projected, over the samples of
-// the second half of [from, to].
-func (r *loadRun) secondHalf(from, to float64) (accepted, chain float64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// of accepted, applied by the workers and projected (only accepted without
+// metrics), over the samples of the second half of [from, to].
+func secondHalf(series []Sample, from, to float64, metrics bool) (accepted, chain float64) {
 	mid := (from + to) / 2
 	n := 0
 	var w, p float64
-	for _, s := range r.series {
+	for _, s := range series {
 		if s.T < mid || s.T > to {
 			continue
 		}
@@ -568,7 +554,7 @@ func (r *loadRun) secondHalf(from, to float64) (accepted, chain float64) {
 	}
 	accepted, w, p = accepted/float64(n), w/float64(n), p/float64(n)
 	chain = accepted
-	if len(r.cfg.Metrics) > 0 {
+	if metrics {
 		chain = min(accepted, w, p)
 	}
 	return round1(accepted), round1(chain)
@@ -591,7 +577,7 @@ func slope(xs, ys []float64) float64 {
 }
 
 // memory reports the worker's resident memory per tracked device.
-func (r *loadRun) memory(ctx context.Context, rep *LoadReport) {
+func (r *loadRun) memory(ctx context.Context, rep *Report) {
 	name := r.cfg.WorkerMetrics
 	if name == "" {
 		return
@@ -653,5 +639,3 @@ func (r *loadRun) record(ps *phaseStats, d time.Duration, accepted int64) {
 	r.secHist.Load().add(d)
 	r.accepted.Add(accepted)
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }

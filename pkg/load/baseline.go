@@ -1,4 +1,4 @@
-package sim
+package load
 
 import (
 	"context"
@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/apiclient"
 )
 
 // BaselineHandler is the baseline of the load run: a plain net/http JSON
@@ -41,7 +44,7 @@ func BaselineHandler() http.Handler {
 				return
 			}
 		}
-		out, _ := json.Marshal(HeartbeatResponse{Status: "connected", HeartbeatIntervalS: 30})
+		out, _ := json.Marshal(apiclient.HeartbeatResponse{Status: events.StatusConnected, HeartbeatIntervalS: 30})
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(out)
 	})

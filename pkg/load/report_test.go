@@ -1,4 +1,4 @@
-package sim
+package load
 
 import (
 	"strings"
@@ -17,7 +17,7 @@ func TestMemoryTargetJudgedAtAMillion(t *testing.T) {
 		{1_060_000, 555, yes(true)},
 		{1_060_000, 1100, yes(false)},
 	} {
-		rep := &LoadReport{Memory: &MemoryResult{Process: "worker", TrackedAfter: c.tracked, RSSBytesPerDevice: c.perDevice}}
+		rep := &Report{Memory: &MemoryResult{Process: "worker", TrackedAfter: c.tracked, RSSBytesPerDevice: c.perDevice}}
 		var t5 TargetResult
 		for _, x := range rep.targets() {
 			if x.ID == 5 {

@@ -1,4 +1,4 @@
-package sim
+package load
 
 import (
 	"fmt"
@@ -14,7 +14,7 @@ import (
 // of each process with the load average, phases shaded; and the baseline
 // against the service round by round. Plain SVG, no dependency: any browser
 // shows it.
-func (rep *LoadReport) SVG() string {
+func (rep *Report) SVG() string {
 	const (
 		W      = 1200.0
 		left   = 80.0
@@ -235,7 +235,7 @@ func (rep *LoadReport) SVG() string {
 }
 
 // WriteSVG writes the plot to path.
-func (rep *LoadReport) WriteSVG(path string) error {
+func (rep *Report) WriteSVG(path string) error {
 	return os.WriteFile(path, []byte(rep.SVG()), 0o644)
 }
 

@@ -1,4 +1,4 @@
-package sim
+package load
 
 import (
 	"context"
@@ -57,7 +57,7 @@ func WaitWorker(ctx context.Context, url string, start time.Time, partitions int
 		}
 		select {
 		case <-ctx.Done():
-			return res, fmt.Errorf("sim: worker at %s not caught up after %s: %+v", url, timeout, res)
+			return res, fmt.Errorf("load: worker at %s not caught up after %s: %+v", url, timeout, res)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -1,4 +1,4 @@
-package sim
+package rawhttp
 
 import (
 	"bufio"
@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// rawConn is a minimal HTTP/1.1 keep-alive client connection for the load
+// Conn is a minimal HTTP/1.1 keep-alive client connection for the load
 // generator: one request at a time, the request written with one write
 // syscall from a reused buffer, the answer parsed without allocating a
 // header map. It costs the generator a fraction of net/http's client CPU
@@ -24,7 +24,9 @@ import (
 // It understands what devstatus and the baseline answer: a status line,
 // headers, and a body delimited by Content-Length or chunked encoding.
 // "Connection: close" in an answer makes the next request reconnect.
-type rawConn struct {
+//
+// A Conn is not safe for concurrent use: one goroutine owns it.
+type Conn struct {
 	addr    string // host:port
 	host    string // Host header
 	timeout time.Duration
@@ -34,39 +36,55 @@ type rawConn struct {
 	body    []byte
 }
 
-func newRawConn(base string, timeout time.Duration) (*rawConn, error) {
+// ErrInvalidURL: the base URL is not http://host[:port].
+var ErrInvalidURL = errors.New("rawhttp: the URL must be http://host[:port] (no TLS)")
+
+// ErrBadResponse: the answer is not HTTP/1.x as this client reads it.
+var ErrBadResponse = errors.New("rawhttp: malformed HTTP answer")
+
+// New returns a connection to base ("http://host[:port]", port 80 by
+// default) whose requests each take at most timeout (dial, write and read).
+// It dials on the first request, and again after an error or a
+// "Connection: close"; an error wraps [ErrInvalidURL].
+func New(base string, timeout time.Duration) (*Conn, error) {
 	u, err := url.Parse(base)
 	if err != nil || u.Scheme != "http" || u.Host == "" {
-		return nil, fmt.Errorf("%w: load URL %q must be http://host:port (no TLS in the load generator)", ErrInvalidConf, base)
+		return nil, fmt.Errorf("%w: %q", ErrInvalidURL, base)
 	}
 	addr := u.Host
 	if u.Port() == "" {
 		addr += ":80"
 	}
-	return &rawConn{addr: addr, host: u.Host, timeout: timeout}, nil
+	return &Conn{addr: addr, host: u.Host, timeout: timeout}, nil
 }
 
-// rawResp is a parsed answer; Body aliases the connection's buffer until the
-// next request.
-type rawResp struct {
-	Status     int
+// Response is a parsed answer.
+type Response struct {
+	// Status is the HTTP status code.
+	Status int
+	// RetryAfter is the Retry-After header in whole seconds (0: absent).
 	RetryAfter time.Duration
-	Body       []byte
+	// Body aliases the connection's buffer until its next request.
+	Body []byte
 }
 
-func (rc *rawConn) close() {
+// Close closes the connection (a later request dials again).
+func (rc *Conn) Close() {
 	if rc.c != nil {
 		_ = rc.c.Close()
 		rc.c = nil
 	}
 }
 
-// do sends one request and reads the answer. path must be escaped already.
-func (rc *rawConn) do(method, path, token string, body []byte) (rawResp, error) {
+// Do sends one request and reads the answer: method, path (escaped
+// already, with its query), an optional bearer token ("": no Authorization
+// header) and an optional JSON body (nil: none). An error closes the
+// connection; a malformed answer wraps [ErrBadResponse].
+func (rc *Conn) Do(method, path, token string, body []byte) (Response, error) {
 	if rc.c == nil {
 		c, err := net.DialTimeout("tcp", rc.addr, rc.timeout)
 		if err != nil {
-			return rawResp{}, err
+			return Response{}, err
 		}
 		if tc, ok := c.(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(true)
@@ -100,31 +118,29 @@ func (rc *rawConn) do(method, path, token string, body []byte) (rawResp, error) 
 	rc.wbuf = w
 	_ = rc.c.SetDeadline(time.Now().Add(rc.timeout))
 	if _, err := rc.c.Write(w); err != nil {
-		rc.close()
-		return rawResp{}, err
+		rc.Close()
+		return Response{}, err
 	}
 	resp, keep, err := rc.read()
 	if err != nil || !keep {
-		rc.close()
+		rc.Close()
 	}
 	return resp, err
 }
 
-var errBadResponse = errors.New("sim: malformed HTTP answer")
-
-func (rc *rawConn) read() (rawResp, bool, error) {
-	var resp rawResp
+func (rc *Conn) read() (Response, bool, error) {
+	var resp Response
 	line, err := rc.line()
 	if err != nil {
 		return resp, false, err
 	}
 	// HTTP/1.1 200 OK
 	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) {
-		return resp, false, fmt.Errorf("%w: status line %q", errBadResponse, line)
+		return resp, false, fmt.Errorf("%w: status line %q", ErrBadResponse, line)
 	}
 	st, err := strconv.Atoi(string(line[9:12]))
 	if err != nil {
-		return resp, false, fmt.Errorf("%w: status line %q", errBadResponse, line)
+		return resp, false, fmt.Errorf("%w: status line %q", ErrBadResponse, line)
 	}
 	resp.Status = st
 	keep := line[7] == '1'
@@ -145,7 +161,7 @@ func (rc *rawConn) read() (rawResp, bool, error) {
 		switch {
 		case asciiEqualFold(k, "content-length"):
 			if clen, err = strconv.Atoi(string(v)); err != nil || clen < 0 {
-				return resp, false, fmt.Errorf("%w: Content-Length %q", errBadResponse, v)
+				return resp, false, fmt.Errorf("%w: Content-Length %q", ErrBadResponse, v)
 			}
 		case asciiEqualFold(k, "transfer-encoding"):
 			chunked = asciiEqualFold(v, "chunked")
@@ -172,7 +188,7 @@ func (rc *rawConn) read() (rawResp, bool, error) {
 			}
 			n, err := strconv.ParseInt(string(bytes.TrimSpace(l)), 16, 32)
 			if err != nil || n < 0 {
-				return resp, false, fmt.Errorf("%w: chunk size %q", errBadResponse, l)
+				return resp, false, fmt.Errorf("%w: chunk size %q", ErrBadResponse, l)
 			}
 			if n == 0 {
 				for { // trailers
@@ -212,11 +228,11 @@ func (rc *rawConn) read() (rawResp, bool, error) {
 
 // line reads one CRLF-terminated line (without the CRLF); it aliases the
 // reader's buffer.
-func (rc *rawConn) line() ([]byte, error) {
+func (rc *Conn) line() ([]byte, error) {
 	l, err := rc.br.ReadSlice('\n')
 	if err != nil {
 		if errors.Is(err, bufio.ErrBufferFull) {
-			return nil, fmt.Errorf("%w: header line too long", errBadResponse)
+			return nil, fmt.Errorf("%w: header line too long", ErrBadResponse)
 		}
 		return nil, err
 	}

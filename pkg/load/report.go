@@ -1,4 +1,4 @@
-package sim
+package load
 
 import (
 	"encoding/json"
@@ -8,11 +8,13 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/devstatus/devstatus/pkg/load/internal/procstat"
 )
 
-// LoadReport is the outcome of [Load]; it is written as JSON and drawn by
-// [LoadReport.SVG].
-type LoadReport struct {
+// Report is the outcome of [Run]; it is written as JSON and drawn by
+// [Report.SVG].
+type Report struct {
 	Version  int       `json:"version"`
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished"`
@@ -52,7 +54,7 @@ type HostInfo struct {
 }
 
 func hostInfo() HostInfo {
-	return HostInfo{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), LoadStart: loadAvg()}
+	return HostInfo{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), LoadStart: procstat.LoadAvg()}
 }
 
 // RegistrationResult is the registration phase.
@@ -115,7 +117,10 @@ type PhaseResult struct {
 	Unavailable           int64          `json:"unavailable"`
 	Failed                int64          `json:"failed"`
 	Latency               LatencySummary `json:"latency"`
-	MaxLatenessMs         float64        `json:"max_lateness_ms,omitempty"`
+	// Transitions is how many transitions the service published during the
+	// phase (devstatus_transitions_total; 0 without metrics).
+	Transitions   float64 `json:"transitions,omitempty"`
+	MaxLatenessMs float64 `json:"max_lateness_ms,omitempty"`
 	// CPUPer1000 is CPU seconds per 1000 accepted heartbeats by process;
 	// ServiceCPUPer1000 sums the service's processes (not Postgres).
 	CPUPer1000        map[string]float64 `json:"cpu_s_per_1000"`
@@ -203,7 +208,7 @@ type TargetResult struct {
 	Met *bool `json:"met"`
 }
 
-func reportConfig(c *LoadConfig) map[string]any {
+func reportConfig(c *Config) map[string]any {
 	m := map[string]any{
 		"url": c.URL, "devices": c.Devices, "gateway_devices": c.GatewayDevices, "gateway_batch": c.GatewayBatch,
 		"concurrency": c.Concurrency, "gateway_concurrency": c.GatewayConcurrency, "rounds": c.Rounds,
@@ -221,7 +226,7 @@ func reportConfig(c *LoadConfig) map[string]any {
 }
 
 // summarize fills the medians and the target verdicts.
-func (rep *LoadReport) summarize() {
+func (rep *Report) summarize() {
 	var ratios, chainRatios, base, svc, chain []float64
 	for _, r := range rep.Rounds {
 		ratios = append(ratios, r.Ratio)
@@ -237,7 +242,7 @@ func (rep *LoadReport) summarize() {
 
 func yes(b bool) *bool { return &b }
 
-func (rep *LoadReport) phase(name string) *PhaseResult {
+func (rep *Report) phase(name string) *PhaseResult {
 	for i := range rep.Phases {
 		if rep.Phases[i].Name == name {
 			return &rep.Phases[i]
@@ -246,7 +251,7 @@ func (rep *LoadReport) phase(name string) *PhaseResult {
 	return nil
 }
 
-func (rep *LoadReport) targets() []TargetResult {
+func (rep *Report) targets() []TargetResult {
 	var ts []TargetResult
 	t1 := TargetResult{ID: 1, Target: "single heartbeats, whole chain, lag not growing: >= 0.5 x the plain handler in the same run"}
 	if len(rep.Rounds) > 0 {
@@ -309,7 +314,7 @@ func (rep *LoadReport) targets() []TargetResult {
 }
 
 // WriteJSON writes the report to path.
-func (rep *LoadReport) WriteJSON(path string) error {
+func (rep *Report) WriteJSON(path string) error {
 	b, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err
@@ -318,7 +323,7 @@ func (rep *LoadReport) WriteJSON(path string) error {
 }
 
 // String is the human summary.
-func (rep *LoadReport) String() string {
+func (rep *Report) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "devicesim load %s  (%d cores, load average %.2f at start, %.2f at end)\n",
 		rep.Started.Format(time.RFC3339), rep.Host.Cores, rep.Host.LoadStart, rep.Host.LoadEnd)
