@@ -1,10 +1,13 @@
 // Command devicesim is the fleet simulator, trace replayer and load generator
-// of devstatus. It is a thin command line over packages sim and trace:
+// of devstatus. It is a thin command line over packages sim, load and trace:
 //
 //	devicesim sim            scripted fleet over HTTP, checks statuses and transitions (exit 1 on mismatch)
 //	devicesim replay-live    Grid'5000 trace window over HTTP, time-compressed, final status vs the oracle
 //	devicesim replay-virtual trace window published straight to JetStream in trace time (service without ticker)
-//	devicesim load           N devices at interval I: accepted/s and latency percentiles
+//	devicesim load           load phases: throughput as a ratio to a plain handler, latency, lag, detection (package load)
+//	devicesim baseline-server the plain net/http handler the load rounds compare with
+//	devicesim wait-worker    time a restarted worker from its /metrics
+//	devicesim plot           redraw a load report (text and SVG)
 //	devicesim summary        outages and expected transitions of a trace window
 //	devicesim excerpt        write a window's rows (how pkg/trace/testdata was made)
 //

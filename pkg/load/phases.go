@@ -52,9 +52,11 @@ func (r *loadRun) measure(ctx context.Context, p phase, do func(ps *phaseStats) 
 	return res, nil
 }
 
-// closedLoop sends for d, every sender again as soon as it has its answer:
-// the single devices to base, or the gateways to the service.
-func (r *loadRun) closedLoop(ctx context.Context, gateways bool, base string, d time.Duration, ps *phaseStats) error {
+// loop sends for d, over one connection per worker: the single devices'
+// heartbeats to base, or the gateways' batches to the service. rate 0 is a
+// closed loop (every worker again as soon as it has its answer); rate > 0
+// an open loop of rate items per second ([openLoop], with skip).
+func (r *loadRun) loop(ctx context.Context, gateways bool, base string, d time.Duration, ps *phaseStats, rate float64, skip func(k, i int, since time.Duration, now time.Time) bool) error {
 	cctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	clk := &clockText{}
@@ -67,26 +69,11 @@ func (r *loadRun) closedLoop(ctx context.Context, gateways bool, base string, d 
 	if err != nil {
 		return err
 	}
-	pool(senders, ps, roundRobin(cctx, n))
-	return ctx.Err()
-}
-
-// open offers rate items per second to the service for d ([openLoop]): the
-// single devices' heartbeats, or the gateways' batches.
-func (r *loadRun) open(ctx context.Context, gateways bool, rate float64, d time.Duration, ps *phaseStats, skip func(k, i int, since time.Duration, now time.Time) bool) error {
-	cctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	clk := &clockText{}
-	go clk.run(cctx)
-	conns, n := r.cfg.Concurrency, len(r.ids)
-	if gateways {
-		conns, n = r.cfg.GatewayConcurrency, len(r.gwIDs)
+	if rate > 0 {
+		openLoop(cctx, senders, ps, rate, n, skip)
+	} else {
+		pool(senders, ps, roundRobin(cctx, n))
 	}
-	senders, err := r.dial(conns, gateways, r.cfg.URL, clk)
-	if err != nil {
-		return err
-	}
-	openLoop(cctx, senders, ps, rate, n, skip)
 	return ctx.Err()
 }
 
@@ -318,12 +305,12 @@ func (r *loadRun) rounds(ctx context.Context, rep *Report) error {
 		round := RoundResult{Round: k + 1}
 		round.DrainSeconds = round3(r.drain(ctx).Seconds())
 		bres, err := r.measure(ctx, phase{name: fmt.Sprintf("baseline-%d", k+1), series: "baseline", kind: "baseline", mode: "closed"},
-			func(ps *phaseStats) error { return r.closedLoop(ctx, false, base, cfg.RoundDuration, ps) })
+			func(ps *phaseStats) error { return r.loop(ctx, false, base, cfg.RoundDuration, ps, 0, nil) })
 		if err != nil {
 			return err
 		}
 		sres, err := r.measure(ctx, phase{name: fmt.Sprintf("service-max-%d", k+1), series: "service-max", kind: "single", mode: "closed"},
-			func(ps *phaseStats) error { return r.closedLoop(ctx, false, cfg.URL, cfg.RoundDuration, ps) })
+			func(ps *phaseStats) error { return r.loop(ctx, false, cfg.URL, cfg.RoundDuration, ps, 0, nil) })
 		if err != nil {
 			return err
 		}
@@ -359,7 +346,7 @@ func (r *loadRun) singleOpen(ctx context.Context, rep *Report) error {
 		r.drain(ctx)
 		rate := sustained * cfg.SustainFraction
 		res, err := r.measure(ctx, phase{name: "sustain", kind: "single", mode: "open", offered: rate},
-			func(ps *phaseStats) error { return r.open(ctx, false, rate, cfg.SustainDuration, ps, nil) })
+			func(ps *phaseStats) error { return r.loop(ctx, false, cfg.URL, cfg.SustainDuration, ps, rate, nil) })
 		if err != nil {
 			return err
 		}
@@ -405,7 +392,7 @@ func (r *loadRun) singleOpen(ctx context.Context, rep *Report) error {
 		dwg.Go(func() { det.run(dctx) })
 	}
 	res, err := r.measure(ctx, phase{name: "steady", kind: "single", mode: "open", offered: rate},
-		func(ps *phaseStats) error { return r.open(ctx, false, rate, cfg.SteadyDuration, ps, skip) })
+		func(ps *phaseStats) error { return r.loop(ctx, false, cfg.URL, cfg.SteadyDuration, ps, rate, skip) })
 	if err != nil {
 		return err
 	}
@@ -429,7 +416,7 @@ func (r *loadRun) gatewayMax(ctx context.Context, rep *Report) error {
 	}
 	r.drain(ctx)
 	res, err := r.measure(ctx, phase{name: "gateway-max", kind: "gateway", mode: "closed"},
-		func(ps *phaseStats) error { return r.closedLoop(ctx, true, r.cfg.URL, r.cfg.GatewayMaxDuration, ps) })
+		func(ps *phaseStats) error { return r.loop(ctx, true, r.cfg.URL, r.cfg.GatewayMaxDuration, ps, 0, nil) })
 	if err != nil {
 		return err
 	}
@@ -455,7 +442,7 @@ func (r *loadRun) gatewayOpen(ctx context.Context, rep *Report) error {
 	}
 	res, err := r.measure(ctx, phase{name: "gateway", kind: "gateway", mode: "open", offered: cfg.GatewayRate},
 		func(ps *phaseStats) error {
-			return r.open(ctx, true, cfg.GatewayRate/float64(cfg.GatewayBatch), cfg.GatewayDuration, ps, ramp)
+			return r.loop(ctx, true, cfg.URL, cfg.GatewayDuration, ps, cfg.GatewayRate/float64(cfg.GatewayBatch), ramp)
 		})
 	if err != nil {
 		return err

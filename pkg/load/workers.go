@@ -66,6 +66,17 @@ type conn struct {
 
 func (c *conn) close() { c.rc.Close() }
 
+// post sends the request and counts it, and returns the answer and how long
+// it took.
+func (c *conn) post(ps *phaseStats, path, token string, body []byte) (rawhttp.Response, time.Duration, error) {
+	t0 := time.Now()
+	resp, err := c.rc.Do("POST", path, token, body)
+	d := time.Since(t0)
+	ps.requests.Add(1)
+	c.r.requests.Add(1)
+	return resp, d, err
+}
+
 // dial makes conns senders, of the single devices' heartbeats to base or of
 // the gateways' batches to the service, with device_time from clk. No
 // connection is opened before the first request.
@@ -95,11 +106,7 @@ func (w *singleWorker) send(ps *phaseStats, i int) {
 	b = appendMetrics(b, w.clk.now(), w.rnd.Uint64())
 	b = append(b, '}')
 	w.body = b
-	t0 := time.Now()
-	resp, err := w.rc.Do("POST", w.r.paths[i], w.r.tokens[i], b)
-	d := time.Since(t0)
-	ps.requests.Add(1)
-	w.r.requests.Add(1)
+	resp, d, err := w.post(ps, w.r.paths[i], w.r.tokens[i], b)
 	switch {
 	case err != nil:
 		ps.fail(err)
@@ -142,11 +149,7 @@ func (w *gatewayWorker) send(ps *phaseStats, g int) {
 	}
 	b = append(b, "]}"...)
 	w.body = b
-	t0 := time.Now()
-	resp, err := w.rc.Do("POST", w.r.gwPaths[g], w.r.gwTokens[g], b)
-	d := time.Since(t0)
-	ps.requests.Add(1)
-	w.r.requests.Add(1)
+	resp, d, err := w.post(ps, w.r.gwPaths[g], w.r.gwTokens[g], b)
 	switch {
 	case err != nil:
 		ps.fail(err)
