@@ -367,24 +367,7 @@ func (r *loadRun) sample(ctx context.Context) {
 			s.P50, s.P99 = ls.P50, ls.P99
 		}
 		cur := r.scrapeAll(ctx)
-		for name, ps := range cur {
-			if !ps.ok {
-				continue
-			}
-			s.ConsumerLag += ps.ConsumerLag
-			s.LivenessLag += ps.ProjLag["liveness"]
-			s.TransitionsLag += ps.ProjLag["transitions"]
-			s.LivenessLagSeconds = max(s.LivenessLagSeconds, ps.ProjLagSeconds["liveness"])
-			s.TransitionsLagSeconds = max(s.TransitionsLagSeconds, ps.ProjLagSeconds["transitions"])
-			s.Tracked += ps.Tracked
-			s.Goroutines += ps.Goroutines
-			if p, ok := prev[name]; ok && p.ok {
-				s.CPU[name] = (ps.CPUSeconds - p.CPUSeconds) / dt
-				s.WorkerEventsPerSec += (ps.WorkerEvents - p.WorkerEvents) / dt
-				s.ProjectedPerSec += (ps.ProjEvents["liveness"] - p.ProjEvents["liveness"]) / dt
-			}
-			s.RSSMiB[name] = ps.RSS / (1 << 20)
-		}
+		addScrapes(&s, prev, cur, dt)
 		for _, p := range r.cfg.CPUPIDs {
 			c := procstat.TreeCPU(p.PID)
 			s.CPU[p.Name] = (c - prevPID[p.Name]) / dt
@@ -396,6 +379,31 @@ func (r *loadRun) sample(ctx context.Context) {
 		r.series = append(r.series, s)
 		r.lastProm = cur
 		r.mu.Unlock()
+	}
+}
+
+// addScrapes adds to s what the service's /metrics pages say: cur, read
+// now, and prev, read dt seconds before (rates need both; a page that
+// failed counts for nothing). Lags, tracked devices and goroutines are
+// summed over the pages, the projections' lag in seconds is the worst.
+func addScrapes(s *Sample, prev, cur map[string]promSample, dt float64) {
+	for name, ps := range cur {
+		if !ps.ok {
+			continue
+		}
+		s.ConsumerLag += ps.ConsumerLag
+		s.LivenessLag += ps.ProjLag["liveness"]
+		s.TransitionsLag += ps.ProjLag["transitions"]
+		s.LivenessLagSeconds = max(s.LivenessLagSeconds, ps.ProjLagSeconds["liveness"])
+		s.TransitionsLagSeconds = max(s.TransitionsLagSeconds, ps.ProjLagSeconds["transitions"])
+		s.Tracked += ps.Tracked
+		s.Goroutines += ps.Goroutines
+		if p, ok := prev[name]; ok && p.ok {
+			s.CPU[name] = (ps.CPUSeconds - p.CPUSeconds) / dt
+			s.WorkerEventsPerSec += (ps.WorkerEvents - p.WorkerEvents) / dt
+			s.ProjectedPerSec += (ps.ProjEvents["liveness"] - p.ProjEvents["liveness"]) / dt
+		}
+		s.RSSMiB[name] = ps.RSS / (1 << 20)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -145,5 +146,30 @@ func TestAcceptedCount(t *testing.T) {
 		if got := acceptedCount([]byte(body)); got != want {
 			t.Errorf("%s: %d, want %d", body, got, want)
 		}
+	}
+}
+
+func TestAddScrapesOfTwoProcesses(t *testing.T) {
+	t.Parallel()
+	page := func(cpu, worker, proj, lag float64) promSample {
+		return promSample{ok: true, CPUSeconds: cpu, WorkerEvents: worker, ProjEvents: map[string]float64{"liveness": proj},
+			ProjLag: map[string]float64{"liveness": lag, "transitions": 1}, ProjLagSeconds: map[string]float64{"liveness": lag / 100},
+			ConsumerLag: lag, Tracked: 10, Goroutines: 5, RSS: 2 << 20}
+	}
+	prev := map[string]promSample{"service": page(10, 0, 100, 0), "worker": page(20, 1000, 0, 0)}
+	cur := map[string]promSample{"service": page(11, 0, 300, 40), "worker": page(23, 1400, 0, 60), "down": {}}
+	s := Sample{CPU: map[string]float64{}, RSSMiB: map[string]float64{}}
+	addScrapes(&s, prev, cur, 2)
+	want := Sample{ConsumerLag: 100, LivenessLag: 100, TransitionsLag: 2, LivenessLagSeconds: 0.6, Tracked: 20, Goroutines: 10,
+		WorkerEventsPerSec: 200, ProjectedPerSec: 100,
+		CPU: map[string]float64{"service": 0.5, "worker": 1.5}, RSSMiB: map[string]float64{"service": 2, "worker": 2}}
+	if !reflect.DeepEqual(s, want) {
+		t.Fatalf("sample\n got %+v\nwant %+v", s, want)
+	}
+	// The first sample has no previous page: no rates, the levels only.
+	s = Sample{CPU: map[string]float64{}, RSSMiB: map[string]float64{}}
+	addScrapes(&s, nil, cur, 1)
+	if len(s.CPU) != 0 || s.WorkerEventsPerSec != 0 || s.ConsumerLag != 100 {
+		t.Fatalf("first sample %+v", s)
 	}
 }
