@@ -152,9 +152,10 @@ func (r *loadRun) register(ctx context.Context, rep *Report) error {
 		return registration{"/v1/devices", body("id", r.gwDevs[g][k], "group", cfg.Prefix+"gw", "gateway", r.gwIDs[g]), nil}
 	}
 	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var done atomic.Int64
-	go func() {
+	var logger sync.WaitGroup
+	defer func() { cancel(); logger.Wait() }()
+	logger.Go(func() {
 		progress := time.NewTicker(10 * time.Second)
 		defer progress.Stop()
 		for {
@@ -165,7 +166,7 @@ func (r *loadRun) register(ctx context.Context, rep *Report) error {
 				r.log.Info("registering", slog.Int64("done", done.Load()), slog.Int("of", total))
 			}
 		}
-	}()
+	})
 	// Gateways first: they must exist before their devices.
 	ps := &phaseStats{}
 	for _, step := range []struct {
