@@ -212,8 +212,8 @@ func DecodeProbeRequest(b []byte) (*ProbeRequest, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if r.V < 1 || r.V > Version {
-		return nil, fmt.Errorf("%w: %d", ErrUnsupportedVersion, r.V)
+	if err := checkVersion(r.V); err != nil {
+		return nil, err
 	}
 	if r.Device == "" || r.DueAt.IsZero() {
 		return nil, fmt.Errorf("%w: probe request needs device and due_at", ErrMalformed)
@@ -225,58 +225,6 @@ func DecodeProbeRequest(b []byte) (*ProbeRequest, error) {
 // cause, so re-processing the same input yields the same id.
 func (s *StatusChanged) MsgID() string {
 	return fmt.Sprintf("tr-%d-%d-%d", s.Partition, s.Cause.Seq, s.Index)
-}
-
-// EncodeInput marshals an input envelope, setting V to [Version] when zero.
-func EncodeInput(e *Input) ([]byte, error) {
-	if e.V == 0 {
-		e.V = Version
-	}
-	return json.Marshal(e)
-}
-
-// DecodeInput unmarshals and checks an input envelope. Errors wrap
-// [ErrMalformed] or [ErrUnsupportedVersion].
-func DecodeInput(b []byte) (*Input, error) {
-	var e Input
-	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if e.V < 1 || e.V > Version {
-		return nil, fmt.Errorf("%w: %d", ErrUnsupportedVersion, e.V)
-	}
-	var missing string
-	switch e.Type {
-	case TypeHeartbeat:
-		if e.Heartbeat == nil {
-			e.Heartbeat = &Heartbeat{}
-		}
-	case TypePingResult:
-		if e.Ping == nil {
-			missing = "ping"
-		}
-	case TypeDeviceRegistered:
-		if e.Registered == nil {
-			e.Registered = &Registered{}
-		}
-	case TypeRemoteControlChanged:
-		if e.RemoteControl == nil {
-			missing = "remote_control"
-		}
-	case TypeTick, TypeDeviceDecommissioned, TypeReconnectRequested, TypeReconnectDelivered:
-	default:
-		return nil, fmt.Errorf("%w: unknown type %q", ErrMalformed, e.Type)
-	}
-	if missing != "" {
-		return nil, fmt.Errorf("%w: %s event without %q", ErrMalformed, e.Type, missing)
-	}
-	if e.Type != TypeTick && e.Device == "" {
-		return nil, fmt.Errorf("%w: %s event without device", ErrMalformed, e.Type)
-	}
-	if e.At.IsZero() {
-		return nil, fmt.Errorf("%w: %s event without time", ErrMalformed, e.Type)
-	}
-	return &e, nil
 }
 
 // EncodeStatusChanged marshals a transition, setting V to [Version] when zero.
@@ -294,8 +242,8 @@ func DecodeStatusChanged(b []byte) (*StatusChanged, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if s.V < 1 || s.V > Version {
-		return nil, fmt.Errorf("%w: %d", ErrUnsupportedVersion, s.V)
+	if err := checkVersion(s.V); err != nil {
+		return nil, err
 	}
 	if s.Device == "" || !s.From.Valid() || !s.To.Valid() || s.At.IsZero() {
 		return nil, fmt.Errorf("%w: status_changed needs device, from, to and at", ErrMalformed)

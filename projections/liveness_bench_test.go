@@ -177,57 +177,21 @@ func TestHeartbeatUpdateMatchesUpsert(t *testing.T) {
 	}
 }
 
-// fastHeartbeatEvent reads what events.EncodeInput writes as
-// events.DecodeInput does, and leaves everything else to it.
-func TestFastHeartbeatEventMatches(t *testing.T) {
-	ids := []string{"d1", "lobby/kiosk-7", "a<b", "é", `q"uote`, "\u2028", "x\\y"}
-	metrics := []string{"", `{"battery":87}`, `{"s":"x\"}y","n":[1,{"a":"}"}],"u":"\u003c"}`, `null`, `{}`}
-	var samples [][]byte
-	for n := 0; n < 2000; n++ {
-		at := base.Add(time.Duration(n) * 1234567891)
-		dt := at.Add(-time.Second)
-		hb := &events.Heartbeat{Metrics: json.RawMessage(metrics[n%len(metrics)])}
-		if n%2 == 0 {
-			hb.DeviceTime = &dt
-		}
-		if n%3 == 0 {
-			hb.Via = ids[n%len(ids)]
-		}
-		in := &events.Input{Type: events.TypeHeartbeat, ID: "hb-" + ids[n%2], Device: ids[(n/3)%len(ids)], At: at, Heartbeat: hb}
-		if n%7 == 0 {
-			in.Actor = "admin"
-		}
-		b, err := events.EncodeInput(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		samples = append(samples, b)
-		if n%50 == 0 {
-			b, _ = events.EncodeInput(ping("d", 1, 2, true))
-			samples = append(samples, b)
-			b, _ = events.EncodeInput(registration("d", "g", 0))
-			samples = append(samples, b)
-		}
+// BenchmarkLivenessDecode measures the liveness projection's decode of
+// one heartbeat as the bridge publishes it (events.ScanInput with the
+// metrics mask, then the projection's checks).
+func BenchmarkLivenessDecode(b *testing.B) {
+	dt := time.Now().UTC()
+	data, err := events.EncodeInput(&events.Input{V: 1, Type: events.TypeHeartbeat, ID: "hb-Y7sd8dfJZ9h2m5eQk1a2b3", Device: "ld-1234abcd-g12-345",
+		At: time.Now().UTC(), Heartbeat: &events.Heartbeat{DeviceTime: &dt, Metrics: json.RawMessage(`{"battery":87,"signal":-61,"app_version":"devicesim/1.0"}`), Via: "gw-12"}})
+	if err != nil {
+		b.Fatal(err)
 	}
-	samples = append(samples, []byte(`{"v":1,"type":"heartbeat","id":"x","device":"d","at":"2026-01-02T03:04:05Z","heartbeat":{"metrics":{"a":}}}`),
-		[]byte(`{"v":1,"type":"heartbeat","id":"x","device":"d","at":"2026-01-02T03:04:05Z","heartbeat":{"metrics":{"a":1},"x":2}}`),
-		[]byte(`{"v":1,"type":"heartbeat","id":"x","at":"2026-01-02T03:04:05Z"}`))
-	fast := 0
-	for _, b := range samples {
-		want, werr := events.DecodeInput(b)
-		got, ok := fastHeartbeatEvent(b)
-		if !ok {
-			continue
+	m := &rawMsg{Seq: 1, Data: data}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeLiveness(m); err != nil {
+			b.Fatal(err)
 		}
-		fast++
-		if werr != nil {
-			t.Fatalf("fast path took what DecodeInput refuses (%v): %s", werr, b)
-		}
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("%s:\nfast   %+v %+v\nevents %+v %+v", b, got, got.Heartbeat, want, want.Heartbeat)
-		}
-	}
-	if fast < 500 {
-		t.Fatalf("fast path took %d of %d", fast, len(samples))
 	}
 }

@@ -8,9 +8,6 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/devstatus/devstatus/events"
 )
 
 // slowHeartbeat is decodeHeartbeat without its fast path.
@@ -175,54 +172,6 @@ func BenchmarkDecodeHeartbeat(b *testing.B) {
 			if _, err := slowHeartbeat(body); err != nil {
 				b.Fatal(err)
 			}
-		}
-	})
-}
-
-func TestEncodeInputMatches(t *testing.T) {
-	rnd := rand.New(rand.NewPCG(3, 4))
-	ids := []string{"d1", "lobby/kiosk-7", "a<b", "x&y", "é", "sp ace", `q"uote`, "back\\slash", "tab\tx", "\u2028"}
-	metrics := []string{"", `{"battery":87}`, `{"a":"<"}`, `{"a":"x y"}`, `{"a": 1}`, `{"a":"\u2028"}`, `{"a":"é","b":[1,2]}`, `null`}
-	for n := 0; n < 5000; n++ {
-		at := time.Unix(rnd.Int64N(4e9), rnd.Int64N(1e9)).UTC()
-		if rnd.IntN(5) == 0 {
-			at = at.Truncate(time.Second)
-		}
-		in := &events.Input{Type: events.TypeHeartbeat, ID: "hb-" + ids[rnd.IntN(2)], Device: ids[rnd.IntN(len(ids))], At: at,
-			Heartbeat: &events.Heartbeat{Metrics: json.RawMessage(metrics[rnd.IntN(len(metrics))])}}
-		if rnd.IntN(2) == 0 {
-			dt := at.Add(-time.Duration(rnd.Int64N(1e12)))
-			in.Heartbeat.DeviceTime = &dt
-		}
-		if rnd.IntN(2) == 0 {
-			in.Heartbeat.Via = ids[rnd.IntN(len(ids))]
-		}
-		if rnd.IntN(10) == 0 {
-			in.Actor = "admin"
-		}
-		in2 := *in
-		got, err := encodeInput(in)
-		want, werr := events.EncodeInput(&in2)
-		if (err == nil) != (werr == nil) || !bytes.Equal(got, want) {
-			t.Fatalf("encodeInput %s (%v)\nevents    %s (%v)", got, err, want, werr)
-		}
-	}
-}
-
-func BenchmarkEncodeHeartbeatEvent(b *testing.B) {
-	dt := time.Now().UTC()
-	in := &events.Input{V: 1, Type: events.TypeHeartbeat, ID: "hb-Y7sd8dfJZ9h2m5eQk1a2b3", Device: "ld-1234abcd-g12-345", At: time.Now().UTC(),
-		Heartbeat: &events.Heartbeat{DeviceTime: &dt, Metrics: json.RawMessage(`{"battery":87,"signal":-61,"app_version":"devicesim/1.0"}`), Via: "gw-12"}}
-	b.Run("fast", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			_, _ = encodeInput(in)
-		}
-	})
-	b.Run("encoding/json", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			_, _ = events.EncodeInput(in)
 		}
 	})
 }

@@ -279,7 +279,7 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 			waited++
 		}
 		in := admit[k].a.in
-		data, err := encodeInput(in)
+		data, err := events.EncodeInput(in)
 		if err != nil {
 			errs[k] = err
 			continue

@@ -148,7 +148,7 @@ func (b *Bridge) publishWithID(ctx context.Context, in *events.Input, msgID stri
 		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
 		return nil, errors.New("bridge: NATS is not connected")
 	}
-	data, err := encodeInput(in) // events.EncodeInput, with a fast path for heartbeats (fastencode.go)
+	data, err := events.EncodeInput(in)
 	if err != nil {
 		return nil, err
 	}

@@ -298,7 +298,7 @@ loop:
 			return fmt.Errorf("worker: metadata: %w", err)
 		}
 		seq := meta.Sequence.Stream
-		in, err := decodeInput(msg.Data()) // events.DecodeInput with a fast path (decode.go)
+		in, err := events.ScanInput(msg.Data(), events.FieldsHeader) // the header is all the machine reads
 		if err != nil {
 			// A malformed input can never be applied; the log keeps it for
 			// inspection. Skip it rather than block the partition.
