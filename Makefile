@@ -14,8 +14,8 @@ TEST_TIMEOUT  ?= 20m
 FUZZTIME      ?= 10s
 TEST_FUZZTIME ?= 5s
 # make bench: the micro-benchmarks of docs/performance.md (BENCH=. runs every benchmark of BENCH_PKGS).
-BENCH         ?= BenchmarkApply|BenchmarkPartition|BenchmarkSnapshotRestore|BenchmarkDecodeInput|BenchmarkDecodeHeartbeat|BenchmarkEncodeHeartbeatEvent|BenchmarkLimiter1M|BenchmarkRateWindowID|BenchmarkLivenessBatch|BenchmarkTransitionsBatch
-BENCH_PKGS    ?= ./pkg/statemachine ./pkg/worker ./pkg/bridge ./projections
+BENCH         ?= BenchmarkApply|BenchmarkPartition|BenchmarkSnapshotRestore|BenchmarkDecodeInput|BenchmarkDecodeHeartbeat|BenchmarkEncodeHeartbeatEvent|BenchmarkLimiter1M|BenchmarkRateWindowID|BenchmarkLivenessDecode|BenchmarkLivenessBatch|BenchmarkTransitionsBatch
+BENCH_PKGS    ?= ./events ./pkg/statemachine ./pkg/worker ./pkg/bridge ./projections
 BENCH_TIME    ?= 300ms
 BENCH_E2E     ?= 1
 # golangci-lint, pinned, built from the Go module proxy on first use (about a minute, then cached).
