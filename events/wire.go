@@ -283,33 +283,44 @@ func (s *scanner) str() (from, to int, ok bool) {
 	if !s.eat('"') {
 		return 0, 0, false
 	}
-	j := bytes.IndexByte(s.b[s.i:], '"')
-	if j < 0 {
-		return 0, 0, false
-	}
-	v := s.b[s.i : s.i+j]
-	for _, c := range v {
-		if c < 0x20 || c == '\\' {
-			return 0, 0, false
+	from, ascii := s.i, true
+	for i := s.i; i < len(s.b); i++ {
+		switch c := s.b[i]; {
+		case c == '"':
+			if !ascii && !utf8.Valid(s.b[from:i]) {
+				return 0, 0, false
+			}
+			s.i = i + 1
+			return from, i, true
+		case c < 0x20 || c == '\\':
+			return 0, 0, false // an escape, or invalid JSON
+		case c >= 0x80:
+			ascii = false
 		}
 	}
-	if !utf8.Valid(v) {
-		return 0, 0, false
-	}
-	from, to = s.i, s.i+j
-	s.i = to + 1
-	return from, to, true
+	return 0, 0, false
 }
 
 // key reads a key and its colon; it must be order[f] for some f >= *next
 // (the encoder's order, each key once), and *next moves past it.
+//
+// The key is compared raw: bytes that equal one of the (plain ASCII) keys
+// cannot hold an escape, so the quote that ends them ends the key.
 func (s *scanner) key(order []string, next *int) (int, bool) {
-	from, to, ok := s.str()
-	if !ok || !s.eat(':') {
+	if !s.eat('"') {
+		return 0, false
+	}
+	j := bytes.IndexByte(s.b[s.i:], '"')
+	if j < 0 {
+		return 0, false
+	}
+	k := s.b[s.i : s.i+j]
+	s.i += j + 1
+	if !s.eat(':') {
 		return 0, false
 	}
 	for f := *next; f < len(order); f++ {
-		if order[f] == string(s.b[from:to]) {
+		if order[f] == string(k) {
 			*next = f + 1
 			return f, true
 		}
@@ -340,8 +351,15 @@ func scanFast(b []byte, mask Fields) (*Input, bool) {
 	if !s.eat('{') {
 		return nil, false
 	}
-	box := &scanBox{}
-	in := &box.in
+	// FieldsHeader keeps no payload: the event alone is allocated.
+	var box *scanBox
+	var in *Input
+	if mask == FieldsHeader {
+		in = new(Input)
+	} else {
+		box = new(scanBox)
+		in = &box.in
+	}
 	var id, dev, actor [2]int
 	hasDev, hasActor := false, false
 	next := 0
@@ -404,7 +422,7 @@ func scanFast(b []byte, mask Fields) (*Input, bool) {
 		if !hasDev || dev[0] == dev[1] {
 			return nil, false
 		}
-		if mask == FieldsHeader {
+		if box == nil {
 			in.Heartbeat = emptyHeartbeat
 		} else {
 			in.Heartbeat = &box.hb
@@ -428,9 +446,10 @@ func scanFast(b []byte, mask Fields) (*Input, bool) {
 }
 
 // heartbeat reads the heartbeat payload (device_time, metrics, via, in
-// that order, each optional), checking it whole and keeping what mask
-// selects.
+// that order, each optional), checking it whole and keeping in box what
+// mask selects (nothing when box is nil).
 func (s *scanner) heartbeat(box *scanBox, mask Fields) bool {
+	keep := func(f Fields) bool { return box != nil && mask&f != 0 }
 	if !s.eat('{') {
 		return false
 	}
@@ -445,10 +464,12 @@ func (s *scanner) heartbeat(box *scanBox, mask Fields) bool {
 		}
 		switch f {
 		case 0:
-			if !s.time(&box.dt) {
+			var dt time.Time
+			if !s.time(&dt) {
 				return false
 			}
-			if mask&FieldsDeviceTime != 0 {
+			if keep(FieldsDeviceTime) {
+				box.dt = dt
 				box.hb.DeviceTime = &box.dt
 			}
 		case 1:
@@ -456,7 +477,7 @@ func (s *scanner) heartbeat(box *scanBox, mask Fields) bool {
 			if s.i >= len(s.b) || s.b[s.i] != '{' || !s.value(0) {
 				return false
 			}
-			if mask&FieldsMetrics != 0 {
+			if keep(FieldsMetrics) {
 				box.hb.Metrics = bytes.Clone(s.b[start:s.i])
 			}
 		case 2:
@@ -464,7 +485,7 @@ func (s *scanner) heartbeat(box *scanBox, mask Fields) bool {
 			if !ok {
 				return false
 			}
-			if mask&FieldsVia != 0 && from != to {
+			if keep(FieldsVia) && from != to {
 				box.hb.Via = string(s.b[from:to])
 			}
 		}
