@@ -58,6 +58,8 @@ type config struct {
 	ProbeSchemes      string
 	ProbeAllowPrivate bool
 	ProbeAllowCIDRs   string
+	// History retention (retention.go).
+	retentionConfig
 
 	rolesRaw    string
 	warnings    []string // logged once the logger exists
@@ -105,6 +107,7 @@ func newFlagSet(name string, c *config) *flag.FlagSet {
 	fs.StringVar(&c.ProbeSchemes, "probe-schemes", "http,https", "schemes allowed in probe URLs (a subset of http,https)")
 	fs.BoolVar(&c.ProbeAllowPrivate, "probe-allow-private", false, "allow probe targets in private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)")
 	fs.StringVar(&c.ProbeAllowCIDRs, "probe-allow-cidrs", "", "comma-separated ranges probe targets may be in whatever their kind (loopback and link-local included), e.g. 10.20.0.0/16")
+	c.retentionConfig.flags(fs)
 	return fs
 }
 
@@ -164,6 +167,9 @@ func (c *config) finish() error {
 			c.HeartbeatEvery, c.Thresholds.Default.OfflineAfter))
 	}
 	if err := c.finishPinger(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.retentionConfig.finish(c.InputRetention); err != nil {
 		errs = append(errs, err)
 	}
 	if c.WorkerPartitions != "" {

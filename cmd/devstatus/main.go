@@ -110,6 +110,7 @@ func setup(name string, args []string, stderr io.Writer) (*config, *slog.Logger,
 func (c *config) busConfig(log *slog.Logger) (bus.Config, error) {
 	bc := bus.Config{URL: c.NATSURL, DataDir: c.DataDir, SyncAlways: c.Sync == "always", Partitions: c.Partitions,
 		Replicas: c.Replicas, InputMaxAge: c.InputRetention, LeaseTTL: c.LeaseTTL, Logger: log}
+	bc.TransitionMaxAge = c.TransitionsMaxAge
 	if c.NATSURL == "" && c.NATSListen != "" {
 		bc.ListenAddr = c.NATSListen
 		tok, _, err := devToken(c.DataDir, "nats-token")
@@ -158,6 +159,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		AdminToken: c.AdminToken, PingToken: c.PingToken, Migrate: c.Migrate,
 		InstanceID: c.InstanceID, WorkerPartitions: c.workerParts, Logger: log,
 		ProbeAfter: c.ProbeAfter, PingMaxInterval: c.PingMaxInterval, Pinger: c.pinger,
+		HistoryRetention: c.HistoryRetention, HistoryPruneInterval: c.HistoryPruneInterval,
 	})
 	if err != nil {
 		return err

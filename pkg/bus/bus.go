@@ -57,10 +57,14 @@ type Config struct {
 	// Replicas of every stream and bucket (1, or 3 on a cluster). Default 1.
 	Replicas int
 	// InputMaxAge bounds how long input events are kept (worker replay,
-	// projection catch-up and rebuild need them). Default 7 days.
+	// projection catch-up and rebuild need them). Default 7 days. A changed
+	// value is applied to the existing stream at [Open] (a shorter one
+	// deletes the older events at once).
 	InputMaxAge time.Duration
 	// TransitionMaxAge bounds how long transitions are kept; 0 keeps them
-	// forever (the current status of a device is its last transition).
+	// forever. The age limit removes a device's last transition too (its
+	// current status in the stream), however quiet the device. Applied to
+	// the existing stream at [Open] like InputMaxAge.
 	TransitionMaxAge time.Duration
 	// LeaseTTL is how long a partition lease lives without renewal. Default 10s.
 	LeaseTTL time.Duration
@@ -101,6 +105,9 @@ func (c *Config) validate() error {
 	}
 	if c.Replicas != 1 && c.Replicas != 3 && c.Replicas != 5 {
 		errs = append(errs, fmt.Errorf("replicas must be 1, 3 or 5, got %d", c.Replicas))
+	}
+	if c.InputMaxAge < 0 || c.TransitionMaxAge < 0 {
+		errs = append(errs, fmt.Errorf("stream age limits must not be negative"))
 	}
 	if c.LeaseTTL < time.Second {
 		errs = append(errs, fmt.Errorf("lease TTL must be at least 1s, got %s", c.LeaseTTL))
@@ -241,8 +248,8 @@ func (b *Bus) ensure(ctx context.Context) error {
 		AllowDirect: true,
 		Metadata:    map[string]string{events.MetaPartitions: strconv.Itoa(partitions)},
 	}
-	if _, err := b.JS.CreateOrUpdateStream(ctx, in); err != nil {
-		return fmt.Errorf("bus: ensure stream %s: %w", in.Name, err)
+	if err := b.ensureStream(ctx, in); err != nil {
+		return err
 	}
 	tr := jetstream.StreamConfig{
 		Name:        events.TransitionStream,
@@ -256,8 +263,8 @@ func (b *Bus) ensure(ctx context.Context) error {
 		AllowDirect: true,
 		Metadata:    map[string]string{events.MetaPartitions: strconv.Itoa(partitions)},
 	}
-	if _, err := b.JS.CreateOrUpdateStream(ctx, tr); err != nil {
-		return fmt.Errorf("bus: ensure stream %s: %w", tr.Name, err)
+	if err := b.ensureStream(ctx, tr); err != nil {
+		return err
 	}
 	probes := jetstream.StreamConfig{
 		Name:              events.ProbeStream,
@@ -295,6 +302,23 @@ func (b *Bus) ensure(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("bus: ensure object store %s: %w", events.SnapshotsBucket, err)
+	}
+	return nil
+}
+
+// ensureStream creates the stream or updates its configuration, and logs a
+// changed age limit (a shorter one makes the server delete older messages).
+func (b *Bus) ensureStream(ctx context.Context, sc jetstream.StreamConfig) error {
+	var old *jetstream.StreamInfo
+	if st, err := b.JS.Stream(ctx, sc.Name); err == nil {
+		old, _ = st.Info(ctx)
+	}
+	if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
+		return fmt.Errorf("bus: ensure stream %s: %w", sc.Name, err)
+	}
+	if old != nil && old.Config.MaxAge != sc.MaxAge {
+		b.cfg.Logger.Info("stream age limit changed", slog.String("stream", sc.Name),
+			slog.Duration("from", old.Config.MaxAge), slog.Duration("to", sc.MaxAge))
 	}
 	return nil
 }

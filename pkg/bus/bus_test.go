@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -106,5 +107,52 @@ func TestListenAddressTaken(t *testing.T) {
 	_, err = Open(context.Background(), Config{DataDir: t.TempDir(), ListenAddr: ln.Addr().String()})
 	if err == nil || !strings.Contains(err.Error(), "cannot accept NATS clients") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestStreamAgeLimitsFollowConfig: the age limits of an existing input and
+// transitions stream are updated when the configuration changes, and a
+// transitions limit of 0 means forever again.
+func TestStreamAgeLimitsFollowConfig(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	maxAges := func(cfg Config) (in, tr time.Duration) {
+		t.Helper()
+		cfg.DataDir = dir
+		b, err := Open(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		for _, name := range []string{events.InputStream, events.TransitionStream} {
+			st, err := b.JS.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := st.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if name == events.InputStream {
+				in = info.Config.MaxAge
+			} else {
+				tr = info.Config.MaxAge
+			}
+		}
+		return in, tr
+	}
+	for _, c := range []struct{ in, tr, wantIn, wantTr time.Duration }{
+		{0, 0, 7 * 24 * time.Hour, 0},
+		{48 * time.Hour, 30 * 24 * time.Hour, 48 * time.Hour, 30 * 24 * time.Hour},
+		{24 * time.Hour, 0, 24 * time.Hour, 0},
+	} {
+		in, tr := maxAges(Config{InputMaxAge: c.in, TransitionMaxAge: c.tr})
+		if in != c.wantIn || tr != c.wantTr {
+			t.Fatalf("with input %s, transitions %s: stream max ages %s and %s, want %s and %s",
+				c.in, c.tr, in, tr, c.wantIn, c.wantTr)
+		}
+	}
+	if _, err := Open(ctx, Config{DataDir: t.TempDir(), TransitionMaxAge: -time.Hour}); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("negative age limit: %v, want ErrInvalidConfig", err)
 	}
 }

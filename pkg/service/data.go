@@ -73,6 +73,14 @@ func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *http.ServeMux
 		}
 		s.run(runCtx, RoleProjector, p.Run)
 		s.ready = append(s.ready, p.Ready)
+		if cfg.HistoryRetention > 0 {
+			pr, err := projections.NewPruner(projections.PrunerConfig{DB: db, Retention: cfg.HistoryRetention,
+				Interval: cfg.HistoryPruneInterval, Clock: cfg.Clock, Logger: s.log, Registerer: s.reg})
+			if err != nil {
+				return err
+			}
+			s.run(runCtx, "history-retention", pr.Run)
+		}
 	}
 	if cfg.Has(RoleBridge) {
 		reg, err := registry.New(registry.Config{Bus: s.Bus, Clock: cfg.Clock, Logger: s.log})

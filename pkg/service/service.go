@@ -79,6 +79,12 @@ type Config struct {
 	AdminToken, PingToken string
 	// Migrate applies the Postgres schema at start.
 	Migrate bool
+	// HistoryRetention: with the projector role, transition history rows
+	// older than this are pruned every HistoryPruneInterval (each device's
+	// latest row is kept; see projections.Pruner). 0: kept forever.
+	HistoryRetention time.Duration
+	// HistoryPruneInterval between prune rounds. Default 1h.
+	HistoryPruneInterval time.Duration
 	// InstanceID names this instance in leases and logs.
 	InstanceID string
 	// WorkerPartitions limits the partitions this worker may own (nil: all).
@@ -149,6 +155,9 @@ func (c *Config) validate() error {
 	}
 	if err := c.Thresholds.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.HistoryRetention < 0 || c.HistoryPruneInterval < 0 {
+		errs = append(errs, errors.New("history retention and prune interval must not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
