@@ -3,7 +3,8 @@
 // the JetStream streams to it ([Projector]: the transitions stream into each
 // device's current status and its history, the input stream's device events
 // into the registry and liveness columns), the rebuild from the streams
-// ([Rebuild]) and the read queries the read API serves ([Store]).
+// ([Rebuild]), history retention ([Pruner]) and the read queries the read
+// API serves ([Store]).
 //
 // Tables (all times timestamptz, UTC on the wire, NULL for "never"):
 //
@@ -23,7 +24,8 @@
 //
 // What it must not do: decide statuses (pkg/statemachine and the partition
 // worker do; the projector only records their transitions), publish to
-// JetStream, read the wall clock to decide what to store, or skip an event
+// JetStream, read the wall clock to decide what to store (the [Pruner] alone
+// reads it, to decide which old history to delete), or skip an event
 // because Postgres is unavailable (it waits and retries; only an event that
 // Postgres refuses as data is set aside in dead_letters). Readers must not
 // write through [Store].
