@@ -18,17 +18,17 @@ import (
 
 // History retention: the [Pruner] deletes transitions rows whose at is older
 // than the retention horizon (now − Retention), in small batches, each its
-// own short transaction, with a pause between batches. It never deletes a
-// device's latest row (the highest stream_seq of the device), however old:
-// the current status in devices must stay explainable by the transition that
-// set it, and the status-at and availability reads stay right from that
-// transition on.
+// own short transaction, with a pause between batches. It never deletes the
+// row that set a device's current status (devices.status_seq: the device's
+// latest transition), however old: the current status must stay explainable
+// by the transition that set it, and the status-at and availability reads
+// stay right from that transition on.
 //
 // It does not block the projector: a batch takes row locks only on the rows
 // it deletes (old rows, which nothing else writes: history rows are inserted
 // once and never updated) and the table lock every INSERT also takes (ROW
-// EXCLUSIVE, which does not conflict with itself); it never touches the
-// devices table. With several instances running the projector role, only one
+// EXCLUSIVE, which does not conflict with itself); it reads the devices
+// table without locking any of its rows. With several instances running the projector role, only one
 // prunes at a time: a round runs only while holding a Postgres session
 // advisory lock specific to the schema (the others skip the round).
 //
@@ -200,10 +200,13 @@ func (p *Pruner) Run(ctx context.Context) error {
 
 // pruneBatchSQL examines the next BatchSize rows older than the horizon ($1)
 // after the cursor ($2, $3) in (at, stream_seq) order and deletes those that
-// have a newer row of their device. All its reads see one snapshot, so of a
-// device's rows the newest always stays, even when a batch holds several of
-// them. It returns the rows deleted, the rows examined and the last row
-// examined (the next cursor; NULL when none).
+// did not set their device's current status (devices.status_seq, which the
+// transitions projection keeps at the device's highest stream_seq in the
+// same transaction as the rows: one primary-key look-up per row, where
+// "no newer row of the device" would scan a flapping device's whole history
+// for each of its rows). It reads devices without locking them. It returns
+// the rows deleted, the rows examined and the last row examined (the next
+// cursor; NULL when none).
 const pruneBatchSQL = `
 WITH cand AS (
     SELECT stream_seq, device_id, at FROM transitions
@@ -213,7 +216,7 @@ WITH cand AS (
 ), del AS (
     DELETE FROM transitions t USING cand c
     WHERE t.stream_seq = c.stream_seq
-      AND EXISTS (SELECT 1 FROM transitions n WHERE n.device_id = c.device_id AND n.stream_seq > c.stream_seq)
+      AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = c.device_id AND d.status_seq = c.stream_seq)
     RETURNING t.stream_seq
 ), last AS (
     SELECT at, stream_seq FROM cand ORDER BY at DESC, stream_seq DESC LIMIT 1
