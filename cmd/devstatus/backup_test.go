@@ -146,8 +146,8 @@ func readFleet(t *testing.T, base, admin string, ids []string) fleetState {
 // service with three devices and their transitions is stopped, backed up
 // with scripts/backup.sh, wiped (data directory removed, Postgres schema
 // dropped), restored with scripts/restore.sh and started again: the devices,
-// their statuses and histories, the generated admin token and the device
-// tokens are back (a device heartbeats with its old token).
+// their statuses and histories, the generated admin, ping and NATS tokens
+// and the device tokens are back (a device heartbeats with its old token).
 func TestBackupRestore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: builds the binary, needs Postgres (skipped with -short)")
@@ -169,7 +169,7 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	dataDir, backupDir := filepath.Join(tmp, "data"), filepath.Join(tmp, "backup")
-	args := []string{"--data-dir", dataDir, "--http-addr", "127.0.0.1:0", "--nats-listen", "", "--database-url", dsn,
+	args := []string{"--data-dir", dataDir, "--http-addr", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1", "--database-url", dsn,
 		"--log-level", "warn", "--tick", "100ms", "--offline-after", "2s", "--disconnect-after", "4s",
 		"--ping-ignore-within", "1s", "--heartbeat-interval", "1s", "--rate-min-interval", "0", "--rate-per-minute", "0",
 		"--probe-after", "-1s", "--roles", "bridge,worker,ticker,projector,api", "--history-retention", "8760h"}
@@ -213,6 +213,19 @@ func TestBackupRestore(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	p.stop(t)
+	tokenFiles := func() map[string]string {
+		t.Helper()
+		m := map[string]string{}
+		for _, name := range []string{"admin-token", "ping-token", "nats-token"} {
+			b, err := os.ReadFile(filepath.Join(dataDir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[name] = string(b)
+		}
+		return m
+	}
+	tokensBefore := tokenFiles()
 
 	run := func(script string, a ...string) {
 		t.Helper()
@@ -236,6 +249,9 @@ func TestBackupRestore(t *testing.T) {
 	var n int
 	if err := db.Get(&n, `SELECT count(*) FROM devices`); err != nil || n != len(ids) {
 		t.Fatalf("devices rows after restore: %d, %v", n, err)
+	}
+	if got := tokenFiles(); !reflect.DeepEqual(got, tokensBefore) {
+		t.Fatalf("token files after restore differ: %v, before %v", got, tokensBefore)
 	}
 	p = startServe(t, bin, args...)
 	base = "http://" + p.addr
