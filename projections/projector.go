@@ -231,13 +231,33 @@ func (p *Projector) Run(ctx context.Context) error {
 // starting, stopped, cannot reach Postgres or JetStream (checked by every
 // write and, when idle, every LagInterval), finds its stream behind its
 // checkpoint, or has had events pending without a commit for StallTimeout.
-// Being behind while catching up is not "not ready": see [Lag]. It does no
-// I/O.
-func (p *Projector) Ready(_ context.Context) error {
+// Being behind while catching up is not "not ready": see [Lag].
+//
+// Its only I/O: when a projection's last write or probe failed with a
+// database error, Ready pings Postgres itself (at most 1 s, bounded by ctx)
+// and, if the ping succeeds, does not report that error: readiness follows
+// Postgres coming back at once, not when the projector's retry backoff next
+// runs a batch.
+func (p *Projector) Ready(ctx context.Context) error {
 	now := p.cfg.Clock.Now()
 	var errs []error
+	pinged, dbUp := false, false
 	for _, st := range p.states {
-		if err := st.ready(now, p.cfg.StallTimeout); err != nil {
+		err := st.ready(now, p.cfg.StallTimeout, false)
+		var nre *NotReadyError
+		if errors.As(err, &nre) && nre.Reason == reasonDBUnavailable {
+			if !pinged {
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				dbUp = p.cfg.DB.PingContext(pctx) == nil
+				cancel()
+				pinged = true
+			}
+			if dbUp {
+				st.setPingErr(nil)
+				err = st.ready(now, p.cfg.StallTimeout, true)
+			}
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -294,16 +314,21 @@ type projState struct {
 	measuredAt   time.Time
 }
 
-func (s *projState) ready(now time.Time, stall time.Duration) error {
+// reasonDBUnavailable is the NotReadyError reason of a database error.
+const reasonDBUnavailable = "database unavailable"
+
+// ready is the projection's readiness; dbUp ignores its recorded database
+// errors (Postgres answered a ping just now).
+func (s *projState) ready(now time.Time, stall time.Duration, dbUp bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case !s.started:
 		return &NotReadyError{Projection: s.name, Reason: "not running"}
-	case s.dbErr != nil:
-		return &NotReadyError{Projection: s.name, Reason: "database unavailable", Err: s.dbErr}
-	case s.pingErr != nil:
-		return &NotReadyError{Projection: s.name, Reason: "database unavailable", Err: s.pingErr}
+	case s.dbErr != nil && !dbUp:
+		return &NotReadyError{Projection: s.name, Reason: reasonDBUnavailable, Err: s.dbErr}
+	case s.pingErr != nil && !dbUp:
+		return &NotReadyError{Projection: s.name, Reason: reasonDBUnavailable, Err: s.pingErr}
 	case s.busErr != nil:
 		return &NotReadyError{Projection: s.name, Reason: "stream unavailable", Err: s.busErr}
 	case s.streamBehind:

@@ -187,6 +187,50 @@ func TestDatabaseDownRetriesAndReportsNotReady(t *testing.T) {
 	}
 }
 
+// Postgres coming back: Ready pings it and is ready again at once, not when
+// the projector's retry backoff (6 s here) next runs the failed batch.
+func TestReadyFollowsPostgresBackBeforeTheRetry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn, _ := testenv.Postgres(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newTCPProxy(t, u.Host)
+	u.Host = proxy.addr
+	db, err := sqlx.Open("postgres", u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := Migrate(ctx, db.DB, testenv.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	js := openBus(t).JS
+	p, _ := startProjector(t, Config{DB: db, JetStream: js, RetryMin: 6 * time.Second, RetryMax: 6 * time.Second, LagInterval: time.Minute})
+	seq := publishTransition(t, js, "A", events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, 1)
+	waitCheckpoint(t, db, ProjectionTransitions, seq)
+	eventually(t, 5*time.Second, "ready", func() bool { return p.Ready(ctx) == nil })
+
+	proxy.down()
+	last := publishTransition(t, js, "A", events.StatusConnected, events.StatusTemporarilyOffline, events.ReasonHeartbeatTimeout, 2)
+	eventually(t, 5*time.Second, "not ready: the write failed and the ping fails", func() bool {
+		var nre *NotReadyError
+		return errors.As(p.Ready(ctx), &nre) && nre.Reason == reasonDBUnavailable
+	})
+	proxy.up()
+	eventually(t, 3*time.Second, "ready once Postgres answers", func() bool { return p.Ready(ctx) == nil })
+	cp, err := NewStore(db).Checkpoint(ctx, ProjectionTransitions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp >= last {
+		t.Fatalf("the failed batch was retried already (checkpoint %d): the test shows nothing", cp)
+	}
+	waitCheckpoint(t, db, ProjectionTransitions, last)
+}
+
 // tcpProxy forwards a local port to target; down() closes the listener and
 // every connection (Postgres "disappears"), up() listens again on the same
 // port.
