@@ -59,7 +59,9 @@ func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *http.ServeMux
 				return err
 			}
 		}
-		s.ready = append(s.ready, func(ctx context.Context) error {
+		s.addReady("postgres", func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
 			if err := db.PingContext(ctx); err != nil {
 				return fmt.Errorf("postgres: %w", err)
 			}
@@ -72,7 +74,7 @@ func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *http.ServeMux
 			return err
 		}
 		s.run(runCtx, RoleProjector, p.Run)
-		s.ready = append(s.ready, p.Ready)
+		s.addReady("projector", p.Ready)
 		if cfg.HistoryRetention > 0 {
 			pr, err := projections.NewPruner(projections.PrunerConfig{DB: db, Retention: cfg.HistoryRetention,
 				Interval: cfg.HistoryPruneInterval, Clock: cfg.Clock, Logger: s.log, Registerer: s.reg})
@@ -95,7 +97,7 @@ func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *http.ServeMux
 		}
 		b.Routes(mux)
 		s.run(runCtx, RoleBridge, b.Run)
-		s.ready = append(s.ready, b.Ready)
+		s.addReady("bridge", b.Ready)
 	}
 	if cfg.Has(RoleAPI) {
 		if err := s.startAPI(db, mux); err != nil {

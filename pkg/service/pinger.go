@@ -42,6 +42,6 @@ func (s *Service) startPinger(runCtx context.Context) error {
 		return err
 	}
 	s.run(runCtx, RolePinger, p.Run)
-	s.ready = append(s.ready, p.Ready)
+	s.addReady("pinger", p.Ready)
 	return nil
 }

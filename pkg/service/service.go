@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/pkg/clock"
@@ -50,6 +51,17 @@ var ErrInvalidConfig = errors.New("service: invalid config")
 type Config struct {
 	// HTTPAddr to listen on; "127.0.0.1:0" picks a free port. Default ":8080".
 	HTTPAddr string
+	// TLSCertFile and TLSKeyFile (PEM) make HTTPAddr serve HTTPS (TLS 1.2 or
+	// later, HTTP/1.1) instead of plain HTTP; both or neither. Read once at
+	// start: restart to use a renewed certificate.
+	TLSCertFile, TLSKeyFile string
+	// MetricsAddr, when set, serves /metrics (and with Pprof /debug/pprof/)
+	// on a listener of its own, plain HTTP, and /metrics is no longer served
+	// on HTTPAddr. Empty (the default): /metrics on HTTPAddr, no pprof.
+	MetricsAddr string
+	// Pprof serves net/http/pprof at /debug/pprof/ on MetricsAddr (which it
+	// requires). Default false.
+	Pprof bool
 	// Bus configures the JetStream connection (embedded when Bus.URL is empty).
 	Bus bus.Config
 	// DatabaseURL of Postgres; required by the projector and api roles.
@@ -105,12 +117,22 @@ type Service struct {
 	Worker   *worker.Worker
 	listener net.Listener
 	server   *http.Server
+	metricsL net.Listener
+	metricsS *http.Server
 
 	cancel context.CancelFunc
 	runCtx context.Context
 	wg     sync.WaitGroup
 	errs   chan error
-	ready  []func(context.Context) error
+	// readyLog spaces out the "not ready" log lines of /readyz.
+	readyLog rate.Sometimes
+	ready    []readyCheck
+}
+
+// readyCheck is one named condition of /readyz.
+type readyCheck struct {
+	name  string
+	check func(context.Context) error
 }
 
 func (c *Config) setDefaults() {
@@ -159,6 +181,12 @@ func (c *Config) validate() error {
 	if c.HistoryRetention < 0 || c.HistoryPruneInterval < 0 {
 		errs = append(errs, errors.New("history retention and prune interval must not be negative"))
 	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("a TLS certificate needs its key and a key its certificate"))
+	}
+	if c.Pprof && c.MetricsAddr == "" {
+		errs = append(errs, errors.New("pprof is served only on the metrics listener: set a metrics address"))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
@@ -178,8 +206,10 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), errs: make(chan error, 16)}
-	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s := &Service{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), errs: make(chan error, 16),
+		readyLog: rate.Sometimes{First: 1, Interval: 10 * time.Second}}
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfoGauge(ReadBuildInfo()))
 	defer func() {
 		if err != nil {
 			s.Stop(context.Background())
@@ -189,7 +219,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	if s.Bus, err = bus.Open(ctx, cfg.Bus); err != nil {
 		return nil, err
 	}
-	s.ready = append(s.ready, func(context.Context) error {
+	s.addReady("nats", func(context.Context) error {
 		if st := s.Bus.NC.Status(); st != nats.CONNECTED {
 			return fmt.Errorf("nats: %s", st)
 		}
@@ -204,32 +234,20 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 		return nil, err
 	}
 
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	metrics := promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})
+	if cfg.MetricsAddr == "" {
+		mux.Handle("GET /metrics", metrics)
+	} else if err := s.startMetrics(metrics); err != nil {
+		return nil, err
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.handleReady)
 
-	s.listener, err = net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		return nil, fmt.Errorf("service: listen on %s: %w", cfg.HTTPAddr, err)
+	if err := s.startHTTP(mux); err != nil {
+		return nil, err
 	}
-	s.server = &http.Server{
-		Handler:           httpx.DeviceIDs(httpx.JSONErrors(mux)),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second, // long-lived streams extend their own deadline
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.server.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.errs <- fmt.Errorf("service: http: %w", err)
-		}
-	}()
 	return s, nil
 }
 
@@ -272,17 +290,36 @@ func (s *Service) startRoles(ctx, runCtx context.Context, mux *http.ServeMux) er
 	return s.startDataRoles(ctx, runCtx, mux)
 }
 
+func (s *Service) addReady(name string, check func(context.Context) error) {
+	s.ready = append(s.ready, readyCheck{name: name, check: check})
+}
+
+// Ready runs the readiness checks and returns the names of the failing ones
+// (nats, postgres, projector, bridge, pinger; nil when ready) and their errors
+// joined.
+func (s *Service) Ready(ctx context.Context) (failing []string, err error) {
+	var errs []error
+	for _, c := range s.ready {
+		if cerr := c.check(ctx); cerr != nil {
+			failing = append(failing, c.name)
+			errs = append(errs, fmt.Errorf("%s: %w", c.name, cerr))
+		}
+	}
+	return failing, errors.Join(errs...)
+}
+
+// handleReady answers /readyz: 200 {"status":"ready"}, or 503
+// {"status":"not_ready","failing":[names]}. The endpoint is unauthenticated,
+// so the answer names the failing checks only; their errors (database
+// addresses, driver messages) go to the log, at most once per check per
+// 10 s while it keeps failing.
 func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	var problems []string
-	for _, check := range s.ready {
-		if err := check(ctx); err != nil {
-			problems = append(problems, err.Error())
-		}
-	}
-	if len(problems) > 0 {
-		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not_ready", "problems": problems})
+	failing, err := s.Ready(ctx)
+	if len(failing) > 0 {
+		s.readyLog.Do(func() { s.log.Warn("not ready", slog.Any("failing", failing), slog.Any("err", err)) })
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not_ready", "failing": failing})
 		return
 	}
 	httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -308,6 +345,9 @@ func (s *Service) Stop(ctx context.Context) {
 		}
 	} else if s.listener != nil {
 		_ = s.listener.Close()
+	}
+	if s.metricsS != nil {
+		_ = s.metricsS.Shutdown(ctx)
 	}
 	if s.cancel != nil {
 		s.cancel()
