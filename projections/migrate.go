@@ -9,6 +9,8 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"log/slog"
+	"path"
+	"time"
 
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
@@ -99,4 +101,37 @@ func SchemaVersion(ctx context.Context, db *sql.DB) (current, latest int64, err 
 		return 0, 0, err
 	}
 	return p.GetVersions(ctx)
+}
+
+// MigrationState is one embedded migration and whether the schema has it.
+type MigrationState struct {
+	// Version is the migration's number; Name its file name (e.g.
+	// 00001_init.sql).
+	Version int64
+	Name    string
+	// Applied says whether the schema has it; AppliedAt is when (zero when
+	// pending).
+	Applied   bool
+	AppliedAt time.Time
+}
+
+// MigrationStatus lists the embedded migrations, oldest first, with whether
+// each is applied to the schema named first in the connection's search_path.
+// It reads only (apart from creating an empty version table on a schema
+// that has none).
+func MigrationStatus(ctx context.Context, db *sql.DB) ([]MigrationState, error) {
+	p, err := newProvider(ctx, db, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	st, err := p.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("projections: migration status: %w", err)
+	}
+	out := make([]MigrationState, 0, len(st))
+	for _, m := range st {
+		out = append(out, MigrationState{Version: m.Source.Version, Name: path.Base(m.Source.Path),
+			Applied: m.State == goose.StateApplied, AppliedAt: m.AppliedAt})
+	}
+	return out, nil
 }

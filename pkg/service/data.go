@@ -151,3 +151,14 @@ func Rebuild(ctx context.Context, bc bus.Config, url string, log *slog.Logger) (
 	}
 	return n, nil
 }
+
+// MigrationStatusURL lists the embedded schema migrations and whether each
+// is applied to the database at url (see projections.MigrationStatus).
+func MigrationStatusURL(ctx context.Context, url string, log *slog.Logger) ([]projections.MigrationState, error) {
+	db, err := openDB(ctx, url, log)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	return projections.MigrationStatus(ctx, db.DB)
+}
