@@ -312,7 +312,7 @@ func (b *Bridge) checkIngest(now time.Time, stopped bool) bool {
 	silence := now.Sub(time.Unix(0, last))
 	switch {
 	case !stopped && silence > 2*b.cfg.HeartbeatInterval:
-		b.log.Warn("bridge: ingest stopped: no heartbeat accepted", slog.Duration("for", silence.Truncate(time.Second)))
+		b.log.Warn("bridge: ingest stopped: no heartbeat accepted", slog.Int64("for_s", int64(silence/time.Second)))
 		return true
 	case stopped && silence <= 2*b.cfg.HeartbeatInterval:
 		b.log.Info("bridge: ingest resumed")

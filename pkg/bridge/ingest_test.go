@@ -20,7 +20,9 @@ type recordHandler struct {
 func (h *recordHandler) Enabled(context.Context, slog.Level) bool { return true }
 func (h *recordHandler) Handle(_ context.Context, r slog.Record) error {
 	h.mu.Lock()
-	h.msgs = append(h.msgs, r.Level.String()+" "+r.Message)
+	m := r.Level.String() + " " + r.Message
+	r.Attrs(func(a slog.Attr) bool { m += " " + a.String(); return true })
+	h.msgs = append(h.msgs, m)
 	h.mu.Unlock()
 	return nil
 }
@@ -66,6 +68,9 @@ func TestIngestStoppedIsReported(t *testing.T) {
 	}
 	if !stopped || rec.count("WARN bridge: ingest stopped") != 1 {
 		t.Fatalf("stopped %v, %d warnings, want one", stopped, rec.count("ingest stopped"))
+	}
+	if rec.count("ingest stopped: no heartbeat accepted for_s=61") != 1 {
+		t.Errorf("the warning does not say for_s=61 (whole seconds): %v", rec.msgs)
 	}
 	e.clk.Set(t0.Add(125 * time.Second))
 	if r := e.heartbeat("d", tok, ""); r.code != 200 {

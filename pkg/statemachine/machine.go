@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/looplab/fsm"
@@ -388,5 +389,6 @@ func PingIgnored(d *Device, th Thresholds, in Input) string {
 	return ""
 }
 
-// fmtDur prints whole seconds as "41s", "5m0s".
-func fmtDur(d time.Duration) string { return d.Truncate(time.Second).String() }
+// fmtDur prints a duration in whole seconds, truncated: "41s", "300s" (never
+// "5m0s"), as the README promises for human reasons.
+func fmtDur(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second), 10) + "s" }

@@ -133,6 +133,21 @@ func TestTransitionCarriesObservedAtAndReason(t *testing.T) {
 	}
 }
 
+// TestReasonsInWholeSeconds: durations of a minute or more read "300s",
+// never "5m0s".
+func TestReasonsInWholeSeconds(t *testing.T) {
+	_, got := run(t, DefaultThresholds, []Input{hb(0), tick(41), tick(301), hb(400)})
+	want := []string{"", "no heartbeat for 41s (offline_after 40s)", "no heartbeat for 301s (disconnect_after 300s)", "heartbeat after 400s of silence"}
+	if len(got) != len(want) {
+		t.Fatalf("transitions %v", show(got))
+	}
+	for i, w := range want {
+		if w != "" && got[i].Reason != w {
+			t.Errorf("transition %d reason %q, want %q", i, got[i].Reason, w)
+		}
+	}
+}
+
 func TestLastHeartbeatNeverDecreases(t *testing.T) {
 	m := NewMachine()
 	var d Device
