@@ -27,7 +27,7 @@ GOLANGCI_LINT         ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/gola
 # Go files of the repository: tracked and new-but-not-ignored (skips ./data, ./.pgdata, ./bin).
 GO_FILES = git ls-files -co --exclude-standard -- '*.go' | while IFS= read -r f; do [ -f "$$f" ] && printf '%s\n' "$$f"; done
 
-.PHONY: help run build migrate test test-replay test-race test-short bench bench-full bench-sync bench-profile fuzz lint fmt pg-start pg-stop pg-status nats-up nats-down clean
+.PHONY: help run build migrate test test-replay test-race test-short bench bench-full bench-sync bench-profile fuzz lint fmt pg-start pg-stop pg-status pg-test-note nats-up nats-down clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -53,6 +53,7 @@ test: ## race tests against the test Postgres (started when DATABASE_URL is unse
 	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	@$(MAKE) --no-print-directory test-replay
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+	@$(MAKE) --no-print-directory pg-test-note
 
 test-replay: ## the whole-day virtual-time replay and the live HTTP replay of the Grid'5000 trace, without -race (too slow under it)
 	deploy/with-pg.sh --test $(GO) test -count=1 -timeout 30m -run 'TestReplayTrace' -v ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|replay_test.go'; exit $${PIPESTATUS[0]}
@@ -98,6 +99,11 @@ pg-start: ## start the local Postgres for run (prints DATABASE_URL=...)
 pg-stop: ## stop the local Postgres clusters (run and test)
 	@deploy/pg-local.sh stop
 	@deploy/pg-local.sh --test stop
+
+# After make test: say that the test Postgres it started is still running, and how to stop it.
+pg-test-note:
+	@if [ -z "$$DATABASE_URL" ] && deploy/pg-local.sh --test status >/dev/null 2>&1; then \
+		echo "make test: the test Postgres it started is still running ($$(deploy/pg-local.sh --test url)); 'make pg-stop' stops it"; fi
 
 pg-status: ## show the local Postgres clusters
 	@deploy/pg-local.sh status || true
