@@ -63,7 +63,7 @@ func exchange(t *testing.T, addr, raw string, follow string) (first *http.Respon
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		closed = true
 	default:
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 			t.Fatal("the server neither answered the second request nor closed the connection")
 		}
 		closed = true // connection reset
@@ -86,7 +86,7 @@ const (
 func TestNetHTTPServesAmbiguousFraming(t *testing.T) {
 	addr := framingServer(t, false)
 	first, second, closed := exchange(t, addr, smuggle, plainGet)
-	if first.StatusCode != 200 || closed || second == nil || second.StatusCode != 200 {
+	if first.StatusCode != http.StatusOK || closed || second == nil || second.StatusCode != http.StatusOK {
 		t.Skipf("net/http changed: first %d, closed %v (GuardFraming may be unnecessary now)", first.StatusCode, closed)
 	}
 }
@@ -110,13 +110,13 @@ func TestGuardFramingRefusesAndCloses(t *testing.T) {
 func TestGuardFramingKeepsOrdinaryRequests(t *testing.T) {
 	addr := framingServer(t, true)
 	first, second, closed := exchange(t, addr, chunked, plainGet)
-	if first.StatusCode != 200 || closed || second == nil || second.StatusCode != 200 {
+	if first.StatusCode != http.StatusOK || closed || second == nil || second.StatusCode != http.StatusOK {
 		t.Fatalf("chunked then GET: first %d, closed %v", first.StatusCode, closed)
 	}
 	body := `{"a":1}`
 	withLength := "POST /x HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n" + body
 	first, second, closed = exchange(t, addr, withLength, strings.Replace(withLength, "/x", "/y", 1))
-	if first.StatusCode != 200 || closed || second == nil || second.StatusCode != 200 {
+	if first.StatusCode != http.StatusOK || closed || second == nil || second.StatusCode != http.StatusOK {
 		t.Fatalf("two Content-Length requests: first %d, closed %v", first.StatusCode, closed)
 	}
 }

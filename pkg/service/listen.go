@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -17,7 +18,7 @@ import (
 // behind the shared middleware: refusal of ambiguous framing (both
 // Content-Length and Transfer-Encoding), device ids in paths, JSON errors of
 // the mux.
-func (s *Service) startHTTP(mux *http.ServeMux) error {
+func (s *Service) startHTTP(ctx context.Context, mux *http.ServeMux) error {
 	cfg := s.cfg
 	var tlsCfg *tls.Config
 	if cfg.TLSCertFile != "" {
@@ -29,7 +30,7 @@ func (s *Service) startHTTP(mux *http.ServeMux) error {
 		// net/http's HTTP/2 path (a *tls.Conn handed to it directly) hides.
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
 	}
-	l, err := net.Listen("tcp", cfg.HTTPAddr)
+	l, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("service: listen on %s: %w", cfg.HTTPAddr, err)
 	}
@@ -61,7 +62,7 @@ func (s *Service) startHTTP(mux *http.ServeMux) error {
 
 // startMetrics serves /metrics (and /debug/pprof/ with Pprof) on
 // MetricsAddr.
-func (s *Service) startMetrics(metrics http.Handler) error {
+func (s *Service) startMetrics(ctx context.Context, metrics http.Handler) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
 	if s.cfg.Pprof {
@@ -71,7 +72,7 @@ func (s *Service) startMetrics(metrics http.Handler) error {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	l, err := net.Listen("tcp", s.cfg.MetricsAddr)
+	l, err := (&net.ListenConfig{}).Listen(ctx, "tcp", s.cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("service: listen on %s (metrics): %w", s.cfg.MetricsAddr, err)
 	}

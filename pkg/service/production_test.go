@@ -107,7 +107,7 @@ func TestTLSAndMetricsListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.TLS == nil {
+	if resp.StatusCode != http.StatusOK || resp.TLS == nil {
 		t.Fatalf("https /healthz: %d, TLS %v", resp.StatusCode, resp.TLS != nil)
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -125,7 +125,7 @@ func TestTLSAndMetricsListener(t *testing.T) {
 	plain := &http.Client{Timeout: 5 * time.Second}
 	if resp, err := plain.Get("http://" + svc.Addr() + "/healthz"); err == nil {
 		resp.Body.Close()
-		if resp.StatusCode == 200 {
+		if resp.StatusCode == http.StatusOK {
 			t.Error("plain HTTP answered 200 on the HTTPS port")
 		}
 	}
@@ -173,7 +173,7 @@ func TestTLSAndMetricsListener(t *testing.T) {
 	_, _ = io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 	if _, err := http.ReadResponse(br, nil); err == nil {
 		t.Error("the connection stayed open after the refused request")
-	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	} else if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 		t.Error("the connection was neither used nor closed")
 	}
 }
@@ -198,7 +198,7 @@ func TestReadyzNamesFailingChecksOnly(t *testing.T) {
 	s.addReady("postgres", func(context.Context) error { return errors.New(secret) })
 	s.addReady("projector", func(context.Context) error { return errors.New("projections: transitions not ready: " + secret) })
 	rec := httptest.NewRecorder()
-	s.handleReady(rec, httptest.NewRequest("GET", "/readyz", nil))
+	s.handleReady(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Fatalf("status %d", rec.Code)
 	}

@@ -237,7 +237,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	metrics := promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})
 	if cfg.MetricsAddr == "" {
 		mux.Handle("GET /metrics", metrics)
-	} else if err := s.startMetrics(metrics); err != nil {
+	} else if err := s.startMetrics(ctx, metrics); err != nil {
 		return nil, err
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -245,7 +245,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	})
 	mux.HandleFunc("GET /readyz", s.handleReady)
 
-	if err := s.startHTTP(mux); err != nil {
+	if err := s.startHTTP(ctx, mux); err != nil {
 		return nil, err
 	}
 	return s, nil
