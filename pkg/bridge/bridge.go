@@ -187,6 +187,9 @@ func New(cfg Config) (*Bridge, error) {
 		lim:    newLimiter(cfg.RateMinInterval, cfg.RatePerMinute),
 		status: newStatusCache(cfg.FeedCheckInterval),
 	}
+	if err := b.status.newFollower(cfg.Bus.JS, cfg.Logger); err != nil {
+		return nil, fmt.Errorf("bridge: %w", err)
+	}
 	b.m = newMetrics(cfg.Clock, cfg.Registry, b.status)
 	if err := b.m.register(cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("bridge: metrics: %w", err)
@@ -280,7 +283,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		b.status.feed(ctx, b.cfg.Bus.JS, b.log)
+		b.status.feed(ctx)
 	}()
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()

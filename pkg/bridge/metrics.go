@@ -93,10 +93,11 @@ func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metri
 			func() float64 { return float64(st.size()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "devstatus_bridge_status_feed_stalls_total",
 			Help: "Transitions feeds re-created because they stalled while connected (behind the stream, not moving)."},
-			func() float64 { return float64(st.stalls.Load()) }),
+			func() float64 { return float64(st.stallCount()) }),
 		cacheCounter("devstatus_registry_watch_stalls_total", "Registry KV watches re-created because they stalled while connected.",
 			func(s registry.CacheStats) uint64 { return s.WatchStalls }),
 	}
+	m.collectors = append(m.collectors, st.follower.Collectors()...)
 	return m
 }
 

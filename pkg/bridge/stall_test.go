@@ -34,7 +34,7 @@ func TestStatusFeedStallRecovered(t *testing.T) {
 	if paused != 1 {
 		t.Fatalf("%d consumers on the transitions stream, want the feed's only", paused)
 	}
-	stalls := e.br.status.stalls.Load()
+	stalls := e.br.status.stallCount()
 	notReady := make(chan bool, 1)
 	go func() { // readiness fails once the stall is known, until the feed is back
 		deadline := time.Now().Add(20 * time.Second)
@@ -51,11 +51,11 @@ func TestStatusFeedStallRecovered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "stall detected", func() bool { return e.br.status.stalls.Load() > stalls })
+	waitFor(t, "stall detected", func() bool { return e.br.status.stallCount() > stalls })
 	if !<-notReady {
 		t.Error("the bridge stayed ready with a stalled feed")
 	}
-	waitFor(t, "the missed transition", func() bool { return e.br.status.applied.Load() >= ack.Sequence })
+	waitFor(t, "the missed transition", func() bool { return e.br.status.appliedSeq() >= ack.Sequence })
 	e.waitReady()
 	e.clk.Advance(10 * time.Second)
 	if r := e.heartbeat("d", tok, ""); r.code != 200 || r.obj(t)["status"] != "temporarily_offline" || r.obj(t)["should_reconnect"] != true {

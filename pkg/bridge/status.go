@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -11,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/bus"
 )
 
 // statusCache holds, per device, the status the partition worker last
@@ -21,17 +21,16 @@ import (
 // comeback is signalled once across every bridge instance). It is fed by an
 // ordered consumer on the transitions stream that starts with the last
 // transition of every device (DeliverLastPerSubjectPolicy) and then follows
-// new ones. A watchdog (checkFeed) restarts the consumer when it falls
-// behind the stream without moving (connected but stalled).
+// new ones. Its watchdog replaces the consumer when it has transitions
+// pending without delivering them (connected but stalled).
 // Memory: ~100 bytes per device that ever had a transition.
 type statusCache struct {
 	mu         sync.Mutex
 	m          map[string]*devStatus
 	ready      atomic.Bool   // initial catch-up done
 	alive      atomic.Bool   // a consumer is running and not stalled
-	applied    atomic.Uint64 // transitions-stream sequence of the last transition applied
-	stalls     atomic.Uint64 // consumers dropped as stalled
 	checkEvery time.Duration // stall check period
+	follower   *bus.Follower // feeds the cache (newFollower)
 }
 
 type devStatus struct {
@@ -101,124 +100,49 @@ func (c *statusCache) size() int {
 	return len(c.m)
 }
 
-// feed runs the transitions consumer until ctx ends, re-creating it when it
-// stops or stalls (continuing after the last sequence it applied; the ordered
-// consumer itself also resumes after reconnects).
-func (c *statusCache) feed(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := c.consumeOnce(ctx, js, log)
-		c.alive.Store(false)
-		if ctx.Err() != nil {
-			return
-		}
-		log.Warn("bridge: transitions feed stopped; retrying", slog.Any("err", err), slog.Duration("in", backoff))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
-var errFeedStalled = errors.New("transitions feed stalled")
-
-func (c *statusCache) consumeOnce(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
-	cfg := jetstream.OrderedConsumerConfig{
+// newFollower makes the follower of the transitions stream that feeds c:
+// it starts with the last transition of every device, then follows new
+// ones; a consumer that fails or stalls (transitions pending, none
+// delivered for two check intervals) is replaced, continuing after the last
+// transition applied.
+func (c *statusCache) newFollower(js jetstream.JetStream, log *slog.Logger) error {
+	f, err := bus.NewFollower(bus.FollowConfig{
+		Name:           "bridge-status",
+		JetStream:      js,
+		Stream:         events.TransitionStream,
 		FilterSubjects: []string{events.TransitionSubjects},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-	}
-	if last := c.applied.Load(); last > 0 {
-		// A re-created feed continues after what it applied.
-		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		cfg.OptStartSeq = last + 1
-	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	stream, err := js.Stream(cctx, events.TransitionStream)
-	if err != nil {
-		cancel()
-		return err
-	}
-	cons, err := stream.OrderedConsumer(cctx, cfg)
-	cancel()
-	if err != nil {
-		return err
-	}
-	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
-		c.ready.Store(true)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		md, err := m.Metadata()
-		if err != nil {
-			log.Warn("bridge: transition without metadata", slog.Any("err", err))
-			return
-		}
-		sc, err := events.DecodeStatusChanged(m.Data())
-		if err != nil {
-			log.Warn("bridge: undecodable transition skipped", slog.Uint64("seq", md.Sequence.Stream), slog.Any("err", err))
-		} else {
-			c.apply(sc.Device, sc.To, md.Sequence.Stream)
-		}
-		c.applied.Store(md.Sequence.Stream)
-		if md.NumPending == 0 {
-			c.ready.Store(true)
-		}
-	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
-			log.Debug("bridge: transitions feed", slog.Any("err", err))
-		}
-	}))
-	if err != nil {
-		return err
-	}
-	c.alive.Store(true)
-	defer cc.Stop()
-	check := time.NewTicker(c.checkEvery)
-	defer check.Stop()
-	var stall stallCheck
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-cc.Closed():
-			return errors.New("transitions consumer closed")
-		case <-check.C:
-			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			info, err := stream.Info(ictx)
-			cancel()
+		StallTimeout:   2 * c.checkEvery,
+		Logger:         log,
+		OnCaughtUp:     func() { c.ready.Store(true) },
+		OnSession:      func(up bool, _ error) { c.alive.Store(up) },
+		Handle: func(_ context.Context, m *bus.Msg) error {
+			sc, err := events.DecodeStatusChanged(m.Data)
 			if err != nil {
-				continue // the bus is down: readiness already says so, the consumer resumes itself
+				log.Warn("bridge: undecodable transition skipped", slog.Uint64("seq", m.Seq), slog.Any("err", err))
+			} else {
+				c.apply(sc.Device, sc.To, m.Seq)
 			}
-			// Messages removed before this feed saw them cannot be waited for.
-			seen := max(c.applied.Load(), info.State.FirstSeq-min(info.State.FirstSeq, 1))
-			head := info.State.LastSeq
-			if info.State.Msgs == 0 {
-				head = seen
-			}
-			if stall.observe(seen, head) {
-				c.stalls.Add(1)
-				log.Warn("bridge: transitions feed stalled (connected, behind the stream and not moving); re-creating it",
-					slog.Uint64("applied", seen), slog.Uint64("stream_last", head))
-				return errFeedStalled
-			}
-		}
+			return nil
+		},
+	})
+	if err != nil {
+		return err
 	}
+	c.follower = f
+	return nil
 }
 
-// stallCheck detects a follower that is connected but stalled: behind the
-// head it follows at two consecutive checks without having moved in
-// between (nats.go #1729: a consumer that stops delivering after a broker
-// restart). A busy follower moves; a caught-up one is not behind. Detection
-// takes one to two check intervals.
-type stallCheck struct {
-	prevSeen uint64
-	behind   bool
+// feed follows the transitions stream until ctx ends.
+func (c *statusCache) feed(ctx context.Context) { _ = c.follower.Run(ctx) }
+
+// appliedSeq is the transitions-stream sequence of the last transition
+// applied (0: none yet).
+func (c *statusCache) appliedSeq() uint64 {
+	return c.follower.LastSeq()
 }
 
-func (s *stallCheck) observe(seen, head uint64) bool {
-	behind := head > seen
-	stalled := behind && s.behind && seen == s.prevSeen
-	s.prevSeen, s.behind = seen, behind
-	return stalled
+// stallCount counts transitions consumers replaced because they stalled.
+func (c *statusCache) stallCount() uint64 {
+	return c.follower.Stalls()
 }
