@@ -3,7 +3,6 @@ package readapi
 import (
 	"container/list"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/projections"
 )
 
@@ -37,6 +37,10 @@ type CacheConfig struct {
 	// MaxTombstones bounds the remembered transitions of devices that are
 	// not cached (see [Cache.Invalidate]); the oldest go first. Default 65536.
 	MaxTombstones int
+	// FeedStallTimeout: a transitions consumer that has transitions pending
+	// but delivers none for this long is replaced (nats.go #1729). Default
+	// 10s.
+	FeedStallTimeout time.Duration
 	// Logger receives invalidation-feed errors. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -73,6 +77,8 @@ type Cache struct {
 	stats   CacheStats
 	// fed is the last transitions-stream sequence Run has applied.
 	fed atomic.Uint64
+	// follower feeds Run (nil without CacheConfig.JetStream).
+	follower *bus.Follower
 }
 
 type tomb struct {
@@ -120,8 +126,20 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 	case cfg.TTL < 0 || cfg.MaxEntries < 1 || cfg.MaxTombstones < 1:
 		return nil, fmt.Errorf("%w: cache: TTL must be >= 0, MaxEntries and MaxTombstones >= 1", ErrInvalidConfig)
 	}
-	return &Cache{cfg: cfg, log: cfg.Logger.With(slog.String("component", "readapi-cache")),
-		entries: map[string]*list.Element{}, lru: list.New(), tombs: map[string]int64{}}, nil
+	c := &Cache{cfg: cfg, log: cfg.Logger.With(slog.String("component", "readapi-cache")),
+		entries: map[string]*list.Element{}, lru: list.New(), tombs: map[string]int64{}}
+	if cfg.JetStream != nil {
+		f, err := bus.NewFollower(bus.FollowConfig{
+			Name: "readapi-cache", JetStream: cfg.JetStream, Stream: events.TransitionStream,
+			DeliverPolicy: jetstream.DeliverNewPolicy, HeadersOnly: true,
+			StallTimeout: cfg.FeedStallTimeout, Logger: c.log, Handle: c.handleTransition,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%w: cache: %w", ErrInvalidConfig, err)
+		}
+		c.follower = f
+	}
+	return c, nil
 }
 
 // Device returns the cached device when it is fresh and not older than the
@@ -262,12 +280,15 @@ func (c *Cache) Availability(ctx context.Context, id string, from, to time.Time)
 //	devstatus_readapi_cache_invalidations_total counter  cached devices dropped by their own transition
 //	devstatus_readapi_cache_evictions_total     counter  cached devices dropped to stay within MaxEntries
 //	devstatus_readapi_cache_entries             gauge    devices cached now
+//
+// and, with CacheConfig.JetStream, those of its transitions follower
+// ([bus.Follower.Collectors], follower="readapi-cache").
 func (c *Cache) Collectors() []prometheus.Collector {
 	counter := func(name, help string, f func(CacheStats) uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
 			func() float64 { return float64(f(c.Stats())) })
 	}
-	return []prometheus.Collector{
+	cs := []prometheus.Collector{
 		counter("devstatus_readapi_cache_hits_total", "Device reads of the read API answered from its per-device cache.",
 			func(s CacheStats) uint64 { return s.Hits }),
 		counter("devstatus_readapi_cache_misses_total", "Device reads of the read API that went to Postgres.",
@@ -279,74 +300,33 @@ func (c *Cache) Collectors() []prometheus.Collector {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "devstatus_readapi_cache_entries", Help: "Devices in the read API's cache."},
 			func() float64 { return float64(c.Stats().Entries) }),
 	}
+	if c.follower != nil {
+		cs = append(cs, c.follower.Collectors()...)
+	}
+	return cs
 }
 
 // Run invalidates entries from the transitions stream (new transitions only;
-// after a consumer failure it resumes after the last one seen) until ctx is
-// done, then returns nil. It reads only subjects and sequences, never
-// payloads. Errors other than ctx's are retried with backoff.
+// after a consumer failure or stall it resumes after the last one seen, so
+// no global flush is needed) until ctx is done, then returns nil. It reads
+// only subjects and sequences, never payloads. Errors other than ctx's are
+// retried with backoff (a [bus.Follower]).
 func (c *Cache) Run(ctx context.Context) error {
-	if c.cfg.JetStream == nil {
+	if c.follower == nil {
 		return fmt.Errorf("%w: cache: JetStream is required to run", ErrInvalidConfig)
 	}
-	var last uint64
-	backoff := 100 * time.Millisecond
-	for {
-		err := c.follow(ctx, &last)
-		select {
-		case <-ctx.Done():
-			return nil
-		default:
-		}
-		// Resuming after the last transition seen misses none, so no
-		// global flush is needed; entries expire by TTL meanwhile.
-		c.log.Warn("transition feed failed; resuming", slog.Any("err", err), slog.Uint64("after_seq", last))
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	return c.follower.Run(ctx)
 }
 
-func (c *Cache) follow(ctx context.Context, last *uint64) error {
-	occ := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy, HeadersOnly: true}
-	if *last > 0 {
-		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, *last+1
-	}
-	cons, err := c.cfg.JetStream.OrderedConsumer(ctx, events.TransitionStream, occ)
+// handleTransition invalidates the device of one transition.
+func (c *Cache) handleTransition(_ context.Context, m *bus.Msg) error {
+	subj := m.Subject
+	id, err := events.DeviceIDFromToken(subj[strings.LastIndexByte(subj, '.')+1:])
 	if err != nil {
-		return err
+		c.log.Warn("transition subject without a device", slog.String("subject", subj))
+	} else {
+		c.Invalidate(id, m.Seq)
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return err
-	}
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	defer it.Stop()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		md, err := m.Metadata()
-		if err != nil {
-			return err
-		}
-		subj := m.Subject()
-		id, err := events.DeviceIDFromToken(subj[strings.LastIndexByte(subj, '.')+1:])
-		if err != nil {
-			c.log.Warn("transition subject without a device", slog.String("subject", subj))
-		} else {
-			c.Invalidate(id, md.Sequence.Stream)
-		}
-		*last = md.Sequence.Stream
-		c.fed.Store(*last)
-	}
+	c.fed.Store(m.Seq)
+	return nil
 }
