@@ -14,6 +14,8 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/devstatus/devstatus/internal/backoff"
 )
 
 // rawMsg is a stream message as a projection sees it.
@@ -95,7 +97,7 @@ func (r *runner[T]) run(ctx context.Context, until bool) error {
 		if logAttempt(n + 1) {
 			r.log.Warn("consumer failed; restarting from the checkpoint", slog.Any("err", err), slog.Int("attempt", n+1))
 		}
-		if !sleepCtx(ctx, r.backoff(n)) {
+		if backoff.Sleep(ctx, r.backoff(n)) != nil {
 			return ctx.Err()
 		}
 	}
@@ -403,7 +405,7 @@ func (r *runner[T]) loadCheckpoint(ctx context.Context) (uint64, error) {
 		if logAttempt(n + 1) {
 			r.log.Warn("reading the checkpoint failed; retrying", slog.Any("err", err), slog.Int("attempt", n+1))
 		}
-		if !sleepCtx(ctx, r.backoff(n)) {
+		if backoff.Sleep(ctx, r.backoff(n)) != nil {
 			return 0, ctx.Err()
 		}
 	}
@@ -444,7 +446,7 @@ func (r *runner[T]) applySlots(ctx context.Context, slots []slot[T], maxAttempts
 				r.log.Warn("applying a batch failed; retrying", slog.Any("err", err), slog.Int("attempt", transient),
 					slog.Uint64("first_seq", slots[0].msg.Seq), slog.Int("messages", len(slots)))
 			}
-			if !sleepCtx(ctx, r.backoff(transient-1)) {
+			if backoff.Sleep(ctx, r.backoff(transient-1)) != nil {
 				return ctx.Err()
 			}
 			continue
@@ -461,7 +463,7 @@ func (r *runner[T]) applySlots(ctx context.Context, slots []slot[T], maxAttempts
 		if attempts < maxAttempts {
 			r.log.Warn("batch refused by Postgres; retrying", slog.Any("err", err), slog.Int("attempt", attempts),
 				slog.Uint64("first_seq", slots[0].msg.Seq), slog.Int("messages", len(slots)))
-			if !sleepCtx(ctx, r.p.cfg.PoisonRetryDelay) {
+			if backoff.Sleep(ctx, r.p.cfg.PoisonRetryDelay) != nil {
 				return ctx.Err()
 			}
 			continue
@@ -572,18 +574,9 @@ func (r *runner[T]) committed(slots []slot[T], res writeResult, took time.Durati
 }
 
 // backoff is the n-th (from 0) retry delay: RetryMin·2ⁿ capped at RetryMax,
-// with ±20% jitter.
+// with ±10% jitter.
 func (r *runner[T]) backoff(n int) time.Duration {
-	d := r.p.cfg.RetryMin
-	for i := 0; i < n && d < r.p.cfg.RetryMax; i++ {
-		d *= 2
-	}
-	d = min(d, r.p.cfg.RetryMax)
-	if d <= 0 {
-		return 0
-	}
-	j := time.Duration(rand.Int64N(int64(d)/5 + 1))
-	return d - d/10 + j
+	return backoff.Policy{Min: r.p.cfg.RetryMin, Max: r.p.cfg.RetryMax, Jitter: 0.2}.Delay(n)
 }
 
 // isTransient reports whether err may go away by itself (connection lost,
@@ -621,18 +614,3 @@ func cleanText(s string) string {
 
 // logAttempt thins out retry logs: attempts 1, 2, 4, 8, … are logged.
 func logAttempt(n int) bool { return n > 0 && n&(n-1) == 0 }
-
-// sleepCtx sleeps d or until ctx is done; it reports whether it slept fully.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}

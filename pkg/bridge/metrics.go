@@ -98,6 +98,7 @@ func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metri
 			func(s registry.CacheStats) uint64 { return s.WatchStalls }),
 	}
 	m.collectors = append(m.collectors, st.follower.Collectors()...)
+	m.collectors = append(m.collectors, reg.WatchCollectors()...)
 	return m
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/backoff"
 	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/pkg/clock"
 	"github.com/devstatus/devstatus/pkg/probepolicy"
@@ -231,7 +232,7 @@ func (p *Pinger) Run(ctx context.Context) error {
 	defer p.running.Store(false)
 
 	var cons jetstream.Consumer
-	backoff := 100 * time.Millisecond
+	delay := 100 * time.Millisecond
 	for {
 		var err error
 		if cons, err = p.ensureConsumer(ctx); err == nil {
@@ -241,10 +242,10 @@ func (p *Pinger) Run(ctx context.Context) error {
 			return nil
 		}
 		p.log.Warn("probe consumer not available; retrying", slog.Any("err", err))
-		if !sleep(ctx, backoff) {
+		if backoff.Sleep(ctx, delay) != nil {
 			return nil
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		delay = min(delay*2, 5*time.Second)
 	}
 	p.consumer.Store(true)
 	defer p.consumer.Store(false)
@@ -255,7 +256,7 @@ func (p *Pinger) Run(ctx context.Context) error {
 	defer wg.Wait()
 
 	sem := make(chan struct{}, p.cfg.Concurrency)
-	backoff = 100 * time.Millisecond
+	delay = 100 * time.Millisecond
 	var it jetstream.MessagesContext
 	defer func() {
 		if it != nil {
@@ -277,13 +278,13 @@ func (p *Pinger) Run(ctx context.Context) error {
 						cons = c
 					}
 				}
-				if !sleep(ctx, backoff) {
+				if backoff.Sleep(ctx, delay) != nil {
 					return nil
 				}
-				backoff = min(backoff*2, 5*time.Second)
+				delay = min(delay*2, 5*time.Second)
 				continue
 			}
-			backoff = 100 * time.Millisecond
+			delay = 100 * time.Millisecond
 		}
 		// Take a request only when a probe slot is free.
 		select {
@@ -307,13 +308,13 @@ func (p *Pinger) Run(ctx context.Context) error {
 			}
 			p.m.errors.WithLabelValues("fetch").Inc()
 			p.log.Warn("pulling probe requests failed", slog.Any("err", err))
-			if !sleep(ctx, backoff) {
+			if backoff.Sleep(ctx, delay) != nil {
 				return nil
 			}
-			backoff = min(backoff*2, 5*time.Second)
+			delay = min(delay*2, 5*time.Second)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		delay = 100 * time.Millisecond
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -333,17 +334,6 @@ func (p *Pinger) handBack(it jetstream.MessagesContext) {
 			return
 		}
 		_ = msg.Nak()
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

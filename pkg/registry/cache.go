@@ -30,7 +30,6 @@ type cache struct {
 	hits, misses, invalidations, flushes atomic.Uint64
 	refreshes                            atomic.Uint64 // entries replaced by the watch's new value
 	watched                              atomic.Uint64 // last KV revision the watch applied
-	stalls                               atomic.Uint64 // watches dropped as stalled
 }
 
 type slot struct {
@@ -193,5 +192,5 @@ func (c *cache) stats() CacheStats {
 	c.mu.Unlock()
 	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(),
 		Invalidations: c.invalidations.Load(), Refreshes: c.refreshes.Load(), Flushes: c.flushes.Load(), Entries: n,
-		WatchedRevision: c.watched.Load(), WatchStalls: c.stalls.Load()}
+		WatchedRevision: c.watched.Load()}
 }

@@ -28,6 +28,7 @@
 // change never flushes more than its own key; the whole cache is emptied only
 // when the NATS connection is lost or the watch stalls, because the watch may
 // then have missed updates (caching resumes when the watch is re-established).
+// The watch is a [bus.Follower] on the bucket's stream.
 //
 // What it must not do: decide device status (that is the partition worker's),
 // talk HTTP (that is pkg/bridge's), keep device tokens (only their SHA-256),

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/pkg/bus"
@@ -140,8 +141,8 @@ type Config struct {
 	// OpTimeout bounds one KV operation or publish when the caller's context
 	// has no deadline. Default 5s.
 	OpTimeout time.Duration
-	// WatchCheckInterval is how often Run compares the watch's progress with
-	// the bucket to detect a stalled watch. Default 5s.
+	// WatchCheckInterval: a watch that has changes pending but delivers none
+	// for two of these intervals is judged stalled and re-created. Default 5s.
 	WatchCheckInterval time.Duration
 }
 
@@ -194,6 +195,7 @@ type Registry struct {
 	cache   *cache
 	running atomic.Bool
 	watchOK atomic.Bool
+	watch   *bus.Follower // the devices bucket's changes (Run)
 }
 
 // New returns a registry over cfg.Bus. Errors wrap [ErrInvalidConfig].
@@ -202,7 +204,7 @@ func New(cfg Config) (*Registry, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Registry{
+	r := &Registry{
 		cfg:   cfg,
 		kv:    cfg.Bus.Devices,
 		js:    cfg.Bus.JS,
@@ -210,7 +212,13 @@ func New(cfg Config) (*Registry, error) {
 		parts: cfg.Bus.Partitions(),
 		log:   cfg.Logger,
 		cache: newCache(cfg.CacheSize),
-	}, nil
+	}
+	w, err := r.newWatch()
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	r.watch = w
+	return r, nil
 }
 
 // HashToken returns the stored form of a device token: lowercase hex SHA-256.
@@ -720,4 +728,12 @@ type CacheStats struct {
 }
 
 // CacheStats returns the cache counters (for metrics).
-func (r *Registry) CacheStats() CacheStats { return r.cache.stats() }
+func (r *Registry) CacheStats() CacheStats {
+	st := r.cache.stats()
+	st.WatchStalls = r.watch.Stalls()
+	return st
+}
+
+// WatchCollectors returns the Prometheus collectors of the devices-bucket
+// watch ([bus.Follower.Collectors], follower="registry-watch").
+func (r *Registry) WatchCollectors() []prometheus.Collector { return r.watch.Collectors() }

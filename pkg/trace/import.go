@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/backoff"
 )
 
 // ErrInvalidConfig wraps every configuration error of [Import].
@@ -366,7 +367,7 @@ func (p *publisher) publish(ctx context.Context, subject string, partition int, 
 		if err := p.flush(ctx); err != nil {
 			return err
 		}
-		if err := sleepCtx(ctx, backoff(attempt)); err != nil {
+		if err := backoff.Sleep(ctx, retryDelay(attempt)); err != nil {
 			return err
 		}
 	}
@@ -464,7 +465,7 @@ func (p *publisher) retrySync(ctx context.Context, in *inflight) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err := sleepCtx(ctx, backoff(attempt)); err != nil {
+		if err := backoff.Sleep(ctx, retryDelay(attempt)); err != nil {
 			return err
 		}
 	}
@@ -492,18 +493,7 @@ func (p *publisher) compact() {
 	}
 }
 
-func backoff(attempt int) time.Duration {
-	d := 50 * time.Millisecond << min(attempt, 6)
-	return min(d, 2*time.Second)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// retryDelay is the attempt-th retry delay: 50 ms doubling up to 2 s.
+func retryDelay(attempt int) time.Duration {
+	return backoff.Policy{Min: 50 * time.Millisecond, Max: 2 * time.Second}.Delay(attempt)
 }
