@@ -267,7 +267,7 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 		}
 	}
 	connected := b.cfg.Bus.NC.IsConnected()
-	js := b.pubJS() // one connection for the whole batch
+	pub := b.publisher(b.pubJS()) // one connection for the whole batch
 	waited := 0
 	for k := range admit {
 		if !connected {
@@ -278,14 +278,7 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 			await(waited)
 			waited++
 		}
-		in := admit[k].a.in
-		data, err := events.EncodeInput(in)
-		if err != nil {
-			errs[k] = err
-			continue
-		}
-		futures[k], errs[k] = js.PublishAsync(events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
-			jetstream.WithMsgID(admit[k].a.msgID), jetstream.WithExpectStream(events.InputStream))
+		futures[k], errs[k] = pub.PublishAsync(admit[k].a.in, admit[k].a.msgID)
 	}
 	for ; waited < len(admit); waited++ {
 		await(waited)

@@ -148,15 +148,10 @@ func (b *Bridge) publishWithID(ctx context.Context, in *events.Input, msgID stri
 		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
 		return nil, errors.New("bridge: NATS is not connected")
 	}
-	data, err := events.EncodeInput(in)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
 	defer cancel()
 	start := b.cfg.Clock.Now()
-	ack, err := b.pubJS().Publish(ctx, events.DeviceSubject(in.Device, b.cfg.Bus.Partitions()), data,
-		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(events.InputStream))
+	ack, err := b.publisher(b.pubJS()).Publish(ctx, in, msgID)
 	if err != nil {
 		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
 		return nil, err

@@ -136,16 +136,12 @@ func (b *Bridge) handlePings(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	futures := make([]jetstream.PubAckFuture, len(toPublish))
 	connected := b.cfg.Bus.NC.IsConnected()
+	pub := b.publisher(b.cfg.Bus.JS)
 	for k, p := range toPublish {
 		if !connected {
 			break
 		}
-		data, err := events.EncodeInput(p.in)
-		if err != nil {
-			continue
-		}
-		futures[k], _ = b.cfg.Bus.JS.PublishAsync(events.DeviceSubject(p.in.Device, b.cfg.Bus.Partitions()), data,
-			jetstream.WithMsgID(p.in.ID), jetstream.WithExpectStream(events.InputStream))
+		futures[k], _ = pub.PublishAsync(p.in, "")
 	}
 	for k, p := range toPublish {
 		err := errors.New("not published (NATS disconnected or publish refused)")

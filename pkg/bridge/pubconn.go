@@ -84,6 +84,11 @@ func (p *pubConns) close() {
 	}
 }
 
+// publisher is the input-stream publisher on js.
+func (b *Bridge) publisher(js jetstream.JetStream) bus.InputPublisher {
+	return bus.InputPublisher{JS: js, Partitions: b.cfg.Bus.Partitions()}
+}
+
 // pubJS returns the JetStream context to publish an input event with.
 func (b *Bridge) pubJS() jetstream.JetStream {
 	if cs := b.pub.conns.Load(); cs != nil {

@@ -484,15 +484,10 @@ func okLabel(ok bool) string {
 // publish sends a ping result to the device's input subject and waits for
 // the PubAck (at most PublishTimeout).
 func (p *Pinger) publish(in *events.Input) error {
-	data, err := events.EncodeInput(in)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
-	_, err = p.cfg.Bus.JS.Publish(ctx, events.DeviceSubject(in.Device, p.cfg.Bus.Partitions()), data,
-		jetstream.WithMsgID(in.ID), jetstream.WithExpectStream(events.InputStream))
+	_, err := p.cfg.Bus.NewInputPublisher().Publish(ctx, in, "")
 	if err == nil {
 		p.m.publish.Observe(time.Since(start).Seconds())
 	}

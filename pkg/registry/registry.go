@@ -329,13 +329,7 @@ func (r *Registry) publish(ctx context.Context, in *events.Input) error {
 	if err := r.connected(); err != nil {
 		return err
 	}
-	b, err := events.EncodeInput(in)
-	if err != nil {
-		return fmt.Errorf("registry: encode %s: %w", in.Type, err)
-	}
-	_, err = r.js.Publish(ctx, events.DeviceSubject(in.Device, r.parts), b,
-		jetstream.WithMsgID(in.ID), jetstream.WithExpectStream(events.InputStream))
-	if err != nil {
+	if _, err := (bus.InputPublisher{JS: r.js, Partitions: r.parts}).Publish(ctx, in, ""); err != nil {
 		return unavailable("publish "+string(in.Type), err)
 	}
 	return nil

@@ -85,15 +85,11 @@ func (t *Ticker) Tick(ctx context.Context, at time.Time) error {
 	at = at.Truncate(t.cfg.Period).UTC()
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.PublishTimeout)
 	defer cancel()
-	js := t.cfg.Bus.JS
+	pub := t.cfg.Bus.NewInputPublisher()
 	futures := make([]jetstream.PubAckFuture, 0, t.cfg.Bus.Partitions())
 	for p := 0; p < t.cfg.Bus.Partitions(); p++ {
 		id := fmt.Sprintf("tick-%d-%d", p, at.UnixNano())
-		data, err := events.EncodeInput(&events.Input{Type: events.TypeTick, ID: id, At: at})
-		if err != nil {
-			return err
-		}
-		f, err := js.PublishAsync(events.TickSubject(p), data, jetstream.WithMsgID(id))
+		f, err := pub.PublishTickAsync(p, &events.Input{Type: events.TypeTick, ID: id, At: at})
 		if err != nil {
 			return fmt.Errorf("ticker: publish: %w", err)
 		}
