@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/devstatus/devstatus/internal/backoff"
+	"github.com/devstatus/devstatus/pkg/bus"
 )
 
 // rawMsg is a stream message as a projection sees it.
@@ -76,7 +76,10 @@ func newRunner[T any](p *Projector, k kind[T]) *runner[T] {
 
 // run consumes until ctx is done (until=false, returns ctx.Err()) or, with
 // until=true, until the checkpoint reaches the stream's last matching
-// message as of the start (returns nil).
+// message as of the start (returns nil). The stream is read by a
+// [bus.Follower] in batches: each consumer starts at the stored
+// checkpoint+1, and a consumer that fails or stalls is replaced after a
+// backoff (RetryMin..RetryMax) from the checkpoint again.
 func (r *runner[T]) run(ctx context.Context, until bool) error {
 	var probeWG sync.WaitGroup
 	if !until {
@@ -84,41 +87,87 @@ func (r *runner[T]) run(ctx context.Context, until bool) error {
 		defer func() { cancel(); probeWG.Wait() }()
 		probeWG.Go(func() { r.probeLoop(pctx) })
 	}
-	for n := 0; ; n++ {
-		err := r.consume(ctx, until)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err == nil {
+	var target uint64 // with until: the last matching sequence as of the start
+	failures := 0
+	bs := r.p.cfg.BatchSize
+	f, err := bus.NewFollower(bus.FollowConfig{
+		Name:           "projection-" + r.k.name,
+		JetStream:      r.p.cfg.JetStream,
+		Stream:         r.k.stream,
+		FilterSubjects: filterSubjects(r.k.filter),
+		BatchSize:      bs,
+		FlushInterval:  r.p.cfg.FlushInterval,
+		// Unique per consumer: a name reused with another start sequence
+		// (a restart within the inactive threshold) is refused by the server.
+		NamePrefix: "devstatus_" + r.k.name,
+		BackoffMin: r.p.cfg.RetryMin,
+		BackoffMax: max(r.p.cfg.RetryMax, r.p.cfg.RetryMin),
+		Logger:     r.log,
+		Resume: func(ctx context.Context) (uint64, error) {
+			cp, t, err := r.resume(ctx, until)
+			target = t
+			return cp, err
+		},
+		// Decoding runs on the reading goroutine while the previous batch
+		// is written: on a 2-core machine JSON decoding and Postgres overlap.
+		Prepare: func(m *bus.Msg) {
+			m.Value = r.decode(&rawMsg{Seq: m.Seq, Subject: m.Subject, Data: m.Data, Time: m.Time, Pending: m.Pending})
+		},
+		HandleBatch: func(ctx context.Context, batch []*bus.Msg) error {
+			slots := make([]slot[T], len(batch))
+			for i, m := range batch {
+				slots[i] = m.Value.(slot[T])
+			}
+			if err := r.applySlots(ctx, slots, r.p.cfg.MaxAttempts, time.Time{}); err != nil {
+				return err
+			}
+			failures = 0
+			if until && slots[len(slots)-1].msg.Seq >= target {
+				return bus.ErrStopFollowing
+			}
 			return nil
-		}
-		r.st.setBusErr(err)
-		r.p.m.retries.WithLabelValues(r.k.name, "stream").Inc()
-		if logAttempt(n + 1) {
-			r.log.Warn("consumer failed; restarting from the checkpoint", slog.Any("err", err), slog.Int("attempt", n+1))
-		}
-		if backoff.Sleep(ctx, r.backoff(n)) != nil {
-			return ctx.Err()
-		}
-	}
-}
-
-// consume opens an ordered consumer at checkpoint+1 and applies batches. It
-// returns ctx's error, a consumer error, or nil when until is set and the
-// projection caught up.
-func (r *runner[T]) consume(ctx context.Context, until bool) error {
-	cp, err := r.loadCheckpoint(ctx)
+		},
+		OnRestart: func(err error) {
+			failures++
+			r.st.setBusErr(err)
+			r.p.m.retries.WithLabelValues(r.k.name, "stream").Inc()
+			if logAttempt(failures) {
+				r.log.Warn("consumer failed; restarting from the checkpoint", slog.Any("err", err), slog.Int("attempt", failures))
+			}
+		},
+	})
 	if err != nil {
 		return err
 	}
-	js := r.p.cfg.JetStream
-	stream, err := js.Stream(ctx, r.k.stream)
+	if err := f.Run(ctx); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+func filterSubjects(filter string) []string {
+	if filter == "" {
+		return nil
+	}
+	return []string{filter}
+}
+
+// resume reads the checkpoint and checks the stream against it before a
+// consumer is created; with until it also returns the stream's last
+// matching sequence, and [bus.ErrStopFollowing] when the checkpoint has
+// reached it already.
+func (r *runner[T]) resume(ctx context.Context, until bool) (cp, target uint64, err error) {
+	cp, err = r.loadCheckpoint(ctx)
 	if err != nil {
-		return fmt.Errorf("look up stream: %w", err)
+		return 0, 0, err
+	}
+	stream, err := r.p.cfg.JetStream.Stream(ctx, r.k.stream)
+	if err != nil {
+		return 0, 0, fmt.Errorf("look up stream: %w", err)
 	}
 	info, err := stream.Info(ctx)
 	if err != nil {
-		return fmt.Errorf("stream info: %w", err)
+		return 0, 0, fmt.Errorf("stream info: %w", err)
 	}
 	if info.State.LastSeq < cp {
 		r.st.setStreamBehind(true)
@@ -131,113 +180,19 @@ func (r *runner[T]) consume(ctx context.Context, until bool) error {
 		r.log.Warn("events after the checkpoint are no longer in the stream (retention); the projection skips them",
 			slog.Uint64("checkpoint", cp), slog.Uint64("stream_first_seq", info.State.FirstSeq))
 	}
-	var target uint64
 	if until {
 		target, err = r.lastSeq(ctx, stream)
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
 		if cp >= target {
 			r.st.start(r.p.cfg.Clock.Now(), cp)
-			return nil
+			return cp, target, bus.ErrStopFollowing
 		}
 	}
-	occ := jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   cp + 1,
-		// Unique per consumer: a name reused with another start sequence
-		// (a restart within the inactive threshold) is refused by the server.
-		NamePrefix: fmt.Sprintf("devstatus_%s_%08x", r.k.name, rand.Uint32()),
-	}
-	if r.k.filter != "" {
-		occ.FilterSubjects = []string{r.k.filter}
-	}
-	cons, err := stream.OrderedConsumer(ctx, occ)
-	if err != nil {
-		return fmt.Errorf("create ordered consumer: %w", err)
-	}
-	bs := r.p.cfg.BatchSize
-	it, err := cons.Messages(jetstream.PullMaxMessages(max(2*bs, 100)))
-	if err != nil {
-		return fmt.Errorf("consume: %w", err)
-	}
-	// The reader decodes while the previous batch is being written: on a
-	// 2-core machine JSON decoding and Postgres overlap.
-	msgs := make(chan slot[T], bs)
-	errc := make(chan error, 1)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() { r.readMessages(it, msgs, errc, done) })
-	defer func() {
-		close(done)
-		it.Stop()
-		wg.Wait()
-	}()
 	r.st.start(r.p.cfg.Clock.Now(), cp)
 	r.log.Info("projecting", slog.Uint64("from_seq", cp+1))
-
-	batch := make([]slot[T], 0, bs)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	for {
-		batch = batch[:0]
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-errc:
-			return err
-		case m := <-msgs:
-			batch = append(batch, m)
-		}
-		timer.Reset(r.p.cfg.FlushInterval)
-	fill:
-		for len(batch) < bs {
-			select {
-			case m := <-msgs:
-				batch = append(batch, m)
-			case <-timer.C:
-				break fill
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		timer.Stop()
-		if err := r.applySlots(ctx, batch, r.p.cfg.MaxAttempts, time.Time{}); err != nil {
-			return err
-		}
-		if until && batch[len(batch)-1].msg.Seq >= target {
-			return nil
-		}
-	}
-}
-
-// readMessages decodes messages from it into out until it fails or done is
-// closed.
-func (r *runner[T]) readMessages(it jetstream.MessagesContext, out chan<- slot[T], errc chan<- error, done <-chan struct{}) {
-	for {
-		m, err := it.Next()
-		if err != nil {
-			select {
-			case errc <- fmt.Errorf("next message: %w", err):
-			default:
-			}
-			return
-		}
-		md, err := m.Metadata()
-		if err != nil {
-			select {
-			case errc <- fmt.Errorf("message metadata: %w", err):
-			default:
-			}
-			return
-		}
-		rm := &rawMsg{Seq: md.Sequence.Stream, Subject: m.Subject(), Data: m.Data(), Time: md.Timestamp, Pending: md.NumPending}
-		select {
-		case out <- r.decode(rm):
-		case <-done:
-			return
-		}
-	}
+	return cp, target, nil
 }
 
 // decode makes the slot of one message.

@@ -116,6 +116,10 @@ type FollowConfig struct {
 	// delivering and with false when it has ended (before the backoff), with
 	// the error that ended it (nil when Run is returning).
 	OnSession func(up bool, err error)
+	// OnRestart, when set, is called (on Run's goroutine) with the error
+	// that ended each consumer, or each attempt to make one (Resume's
+	// error included), before the backoff that precedes the next.
+	OnRestart func(err error)
 
 	// BackoffMin and BackoffMax bound the delay before a new consumer
 	// after a failure, doubling from Min up to Max (±10 % jitter); a
@@ -311,6 +315,9 @@ func (f *Follower) Run(ctx context.Context) error {
 			return nil
 		}
 		f.restarts.Add(1)
+		if f.cfg.OnRestart != nil {
+			f.cfg.OnRestart(err)
+		}
 		if f.handled.Load() > handledBefore {
 			failures = 0
 		}
