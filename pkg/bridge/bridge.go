@@ -78,10 +78,10 @@ type Config struct {
 	MaxMetricBytes int
 	// PublishTimeout bounds the wait for a PubAck. Default 5s.
 	PublishTimeout time.Duration
-	// FeedCheckInterval is how often the status cache's transitions feed is
-	// checked for a stall (connected but not delivering): a feed behind the
-	// stream that has not moved across two checks is re-created, and the
-	// bridge is not ready meanwhile. Default 5s.
+	// FeedCheckInterval: the status cache's transitions feed is judged
+	// stalled (connected but not delivering) when it has transitions pending
+	// and delivers none for two of these intervals; it is then re-created,
+	// and the bridge is not ready meanwhile. Default 5s.
 	FeedCheckInterval time.Duration
 	// ProbePolicy checks the probe URLs set at registration, by PATCH or in
 	// heartbeats (see probe.go). Zero: the secure default of package
