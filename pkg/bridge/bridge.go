@@ -161,9 +161,13 @@ func (c *Config) validate() error {
 // [Bridge.Routes] under a mux wrapped by httpx.DeviceIDs, and run
 // [Bridge.Run] for its background work.
 type Bridge struct {
-	cfg    Config
-	log    *slog.Logger
-	reg    *registry.Registry
+	cfg Config
+	log *slog.Logger
+	reg *registry.Registry // admin calls, its watch (Run), readiness
+	// hot is the registry as the heartbeat paths see it (see deviceStore);
+	// rc applies the reconnect rule through it (reconnect.go).
+	hot    deviceStore
+	rc     reconnects
 	lim    *limiter
 	status *statusCache
 	m      *metrics
@@ -190,6 +194,7 @@ func New(cfg Config) (*Bridge, error) {
 	if err := b.status.newFollower(cfg.Bus.JS, cfg.Logger); err != nil {
 		return nil, fmt.Errorf("bridge: %w", err)
 	}
+	b.setStore(cfg.Registry)
 	b.m = newMetrics(cfg.Clock, cfg.Registry, b.status)
 	if err := b.m.register(cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("bridge: metrics: %w", err)
@@ -198,6 +203,27 @@ func New(cfg Config) (*Bridge, error) {
 		b.log.Warn("bridge: per-device rate limiting is off")
 	}
 	return b, nil
+}
+
+// deviceStore is all that the heartbeat paths (the single endpoint, gateway
+// batches, ping results) ask of the device registry: look-ups by id and
+// token, and one compare-and-swap. A heartbeat enters it at most twice:
+// Authenticate (or Lookup, for a batch item) and, only when the cached
+// entry says there is a reconnect to tell or a new probe URL to store,
+// Swap. A gateway batch adds AuthenticateGateway and Prefetch once per
+// batch. *registry.Registry implements it.
+type deviceStore interface {
+	Authenticate(ctx context.Context, id, token string) (registry.Entry, error)
+	Lookup(ctx context.Context, id string) (registry.Entry, error)
+	AuthenticateGateway(ctx context.Context, id, token string) error
+	Prefetch(ctx context.Context, ids []string, parallel int)
+	swapper
+}
+
+// setStore makes s the registry of the heartbeat paths.
+func (b *Bridge) setStore(s deviceStore) {
+	b.hot = s
+	b.rc = reconnects{store: s, publish: b.publish, clock: b.cfg.Clock, log: b.log}
 }
 
 // Route patterns registered by [Bridge.Routes]. They are method-qualified so

@@ -21,8 +21,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -98,7 +96,7 @@ func gatewayID(r *http.Request) (string, error) {
 // handleGatewayRegister serves POST /v1/gateways {"id"} → 201 {"id",
 // "token"}; 409 when it exists. The token is shown only here.
 func (b *Bridge) handleGatewayRegister(w http.ResponseWriter, r *http.Request) {
-	body, ok := b.readBody(w, r)
+	body, ok := readBody(w, r, b.cfg.MaxBodyBytes, emptyAllowed)
 	if !ok {
 		return
 	}
@@ -128,33 +126,6 @@ func (b *Bridge) handleGatewayRegister(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteJSON(w, http.StatusCreated, map[string]string{"id": id, "token": token})
 }
 
-// readGatewayBody applies readBody's content-type rules with the batch
-// size limit.
-func readGatewayBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "application/json" || (params["charset"] != "" && !strings.EqualFold(params["charset"], "utf-8")) {
-		refuseBody(w)
-		httpx.WriteError(w, http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMedia, "Content-Type must be application/json")
-		return nil, false
-	}
-	if r.ContentLength > MaxGatewayBatchBytes {
-		refuseBody(w)
-		httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, "request body is larger than the limit (4 MiB)")
-		return nil, false
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxGatewayBatchBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, "request body is larger than the limit (4 MiB)")
-			return nil, false
-		}
-		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, "reading the request body failed")
-		return nil, false
-	}
-	return body, true
-}
-
 // handleGatewayHeartbeats serves POST /v1/gateways/{id}/heartbeats. The
 // answer is 200 with one item per heartbeat, in order (gatewayItem); valid
 // heartbeats are recorded even when others of the batch are refused. The
@@ -169,7 +140,7 @@ func (b *Bridge) handleGatewayHeartbeats(w http.ResponseWriter, r *http.Request)
 		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalidDeviceID, "invalid gateway id in the path")
 		return
 	}
-	if err := b.reg.AuthenticateGateway(r.Context(), gw, httpx.BearerToken(r)); err != nil {
+	if err := b.hot.AuthenticateGateway(r.Context(), gw, httpx.BearerToken(r)); err != nil {
 		if errors.Is(err, registry.ErrNotFound) || errors.Is(err, registry.ErrBadToken) {
 			writeUnauthorized(w)
 			return
@@ -177,7 +148,7 @@ func (b *Bridge) handleGatewayHeartbeats(w http.ResponseWriter, r *http.Request)
 		b.registryFailure(w, r, gw, err)
 		return
 	}
-	body, ok := readGatewayBody(w, r)
+	body, ok := readBody(w, r, MaxGatewayBatchBytes, bodyRequired)
 	if !ok {
 		return
 	}
@@ -190,7 +161,7 @@ func (b *Bridge) handleGatewayHeartbeats(w http.ResponseWriter, r *http.Request)
 		for i := range fast {
 			ids[i] = fast[i].id
 		}
-		b.reg.Prefetch(r.Context(), ids, gatewaySettlers)
+		b.hot.Prefetch(r.Context(), ids, gatewaySettlers)
 		httpx.WriteJSON(w, http.StatusOK, b.gatewayBatch(r.Context(), gw, len(fast), func(i int) (string, gatewayHB, int, string, string) {
 			return b.checkGatewayItem(r.Context(), gw, fast[i].id, fast[i].hb)
 		}))
@@ -302,7 +273,7 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 			b.m.publishErrors.WithLabelValues(string(events.TypeHeartbeat)).Inc()
 			failed++
 		}
-		if errs[k] == nil && !acks[k].Duplicate && (p.a.ent.NeedsDeliver(p.a.offlineSeq) || p.a.probeURL != nil) {
+		if errs[k] == nil && !acks[k].Duplicate && mustSettle(&p.a) {
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
@@ -424,7 +395,7 @@ func (b *Bridge) checkGatewayItem(ctx context.Context, gw, id string, body heart
 		hb.body.ProbeURL = &u
 	}
 	var err error
-	hb.ent, err = b.reg.Lookup(ctx, id)
+	hb.ent, err = b.hot.Lookup(ctx, id)
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
 		return id, hb, http.StatusNotFound, httpx.CodeNotFound, "unknown device"

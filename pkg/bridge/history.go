@@ -1,18 +1,26 @@
 package bridge
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/devstatus/devstatus/pkg/registry"
 )
 
 // PatternEvents is the admin read of a device's input events (the audit
-// trail), served from the log by registry.History. It is the one GET route
+// trail), served from the log by readHistory. It is the one GET route
 // the bridge registers under /v1/devices: pkg/readapi serves everything read
 // from the projections; this one reads the input stream itself.
 const PatternEvents = "GET /v1/devices/{id}/events"
@@ -55,7 +63,7 @@ func (b *Bridge) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	q := registry.HistoryQuery{}
+	q := historyQuery{}
 	query := r.URL.Query()
 	if v := query.Get("types"); v != "" {
 		for _, name := range strings.Split(v, ",") {
@@ -79,12 +87,12 @@ func (b *Bridge) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if v := query.Get("limit"); v != "" {
-		if q.Limit, err = strconv.Atoi(v); err != nil || q.Limit < 1 || q.Limit > registry.MaxHistoryLimit {
-			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, "limit must be 1 to "+strconv.Itoa(registry.MaxHistoryLimit))
+		if q.Limit, err = strconv.Atoi(v); err != nil || q.Limit < 1 || q.Limit > maxHistoryLimit {
+			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, "limit must be 1 to "+strconv.Itoa(maxHistoryLimit))
 			return
 		}
 	}
-	page, err := b.reg.History(r.Context(), id, q)
+	page, err := readHistory(r.Context(), b.cfg.Bus, b.log, id, q)
 	if err != nil {
 		var idErr *registry.InvalidIDError
 		if errors.As(err, &idErr) {
@@ -98,7 +106,7 @@ func (b *Bridge) handleEvents(w http.ResponseWriter, r *http.Request) {
 	for _, he := range page.Events {
 		it := historyItem{Seq: he.Seq, Input: he.Event}
 		if he.Event.Type == events.TypeReconnectDelivered {
-			if reason, req, seq, ok := registry.ParseDeliveryID(he.Event.ID); ok {
+			if reason, req, seq, ok := parseDeliveryID(he.Event.ID); ok {
 				it.Delivered = &deliveredInfo{Reason: reason, RequestID: req, TransitionSeq: seq}
 			}
 		}
@@ -112,4 +120,158 @@ func (b *Bridge) handleEvents(w http.ResponseWriter, r *http.Request) {
 		Events    []historyItem `json:"events"`
 		NextAfter *uint64       `json:"next_after"`
 	}{items, next})
+}
+
+// History limits.
+const (
+	// defaultHistoryLimit is the number of events a page holds when
+	// historyQuery.Limit is 0.
+	defaultHistoryLimit = 100
+	// maxHistoryLimit bounds historyQuery.Limit.
+	maxHistoryLimit = 1000
+	// defaultHistoryScan bounds the input-stream messages one readHistory
+	// call reads (a device heartbeating every 30 s has ~20 000 a week); a
+	// page that stops at this bound returns a cursor to continue from.
+	defaultHistoryScan = 10000
+	// historyTimeout bounds a readHistory call whose context has no deadline.
+	historyTimeout = 5 * time.Second
+)
+
+// historyQuery selects a device's input events.
+type historyQuery struct {
+	// Types keeps only these event types (nil: all).
+	Types []events.Type
+	// After is an input-stream sequence: events after it are returned (0:
+	// from the oldest event still in the stream).
+	After uint64
+	// Limit is the most events returned. Default [defaultHistoryLimit], at
+	// most [maxHistoryLimit].
+	Limit int
+	// MaxScan bounds the messages read. Default [defaultHistoryScan].
+	MaxScan int
+}
+
+// historyEvent is one input event of a device and its input-stream sequence.
+type historyEvent struct {
+	Seq   uint64
+	Event *events.Input
+}
+
+// historyPage is one page of a device's input events, oldest first.
+type historyPage struct {
+	Events []historyEvent
+	// Next is the cursor of the following page (pass it as After); 0 when
+	// every event up to the time of the call was read.
+	Next uint64
+}
+
+// readHistory reads a device's events from the input stream itself (the log, not
+// a projection): every event published on the device's subject, oldest
+// first, filtered by type, e.g. the audit trail of reconnects
+// (reconnect_requested with its Actor, reconnect_delivered with
+// parseDeliveryID). It reads with an ephemeral, unacknowledged pull
+// consumer filtered on events.DeviceSubject(id) that is deleted before it
+// returns; the server skips other devices' messages. Events older than the
+// input stream's retention (--input-retention) are gone.
+//
+// The device need not be registered any more (a decommissioned device's
+// history stays readable). Errors: *registry.InvalidIDError, and
+// errors wrapping registry.ErrUnavailable for every bus failure.
+func readHistory(ctx context.Context, b *bus.Bus, log *slog.Logger, id string, q historyQuery) (historyPage, error) {
+	if err := events.ValidateDeviceID(id); err != nil {
+		return historyPage{}, &registry.InvalidIDError{ID: id, Err: err}
+	}
+	if q.Limit <= 0 {
+		q.Limit = defaultHistoryLimit
+	}
+	q.Limit = min(q.Limit, maxHistoryLimit)
+	if q.MaxScan <= 0 {
+		q.MaxScan = defaultHistoryScan
+	}
+	if !b.NC.IsConnected() {
+		return historyPage{}, fmt.Errorf("%w: history: NATS is not connected", registry.ErrUnavailable)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, historyTimeout)
+		defer cancel()
+	}
+	cfg := jetstream.ConsumerConfig{
+		FilterSubject:     events.DeviceSubject(id, b.Partitions()),
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: time.Minute, // removed by the server should Delete below fail
+		MemoryStorage:     true,
+		Replicas:          1,
+	}
+	if q.After > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, q.After+1
+	}
+	cons, err := b.JS.CreateConsumer(ctx, events.InputStream, cfg)
+	if err != nil {
+		return historyPage{}, historyUnavailable("consumer", err)
+	}
+	defer func() {
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), historyTimeout)
+		defer dcancel()
+		if err := b.JS.DeleteConsumer(dctx, events.InputStream, cons.CachedInfo().Name); err != nil &&
+			!errors.Is(err, jetstream.ErrConsumerNotFound) {
+			log.Debug("bridge: history consumer not deleted (the server drops it after a minute)", slog.Any("err", err))
+		}
+	}()
+	var page historyPage
+	pending := cons.CachedInfo().NumPending
+	scanned := 0
+	for pending > 0 && scanned < q.MaxScan && len(page.Events) < q.Limit {
+		batch := int(min(pending, uint64(q.MaxScan-scanned), 256))
+		msgs, err := cons.Fetch(batch, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return historyPage{}, historyUnavailable("fetch", err)
+		}
+		got := 0
+		for m := range msgs.Messages() {
+			got++
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			scanned++
+			pending = md.NumPending
+			page.Next = md.Sequence.Stream
+			in, err := events.DecodeInput(m.Data())
+			if err != nil {
+				log.Warn("bridge: undecodable input event in history", slog.Uint64("seq", md.Sequence.Stream), slog.Any("err", err))
+				continue
+			}
+			if len(q.Types) > 0 && !slices.Contains(q.Types, in.Type) {
+				continue
+			}
+			if len(page.Events) < q.Limit {
+				page.Events = append(page.Events, historyEvent{Seq: md.Sequence.Stream, Event: in})
+			}
+			if len(page.Events) == q.Limit {
+				break
+			}
+		}
+		if err := msgs.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
+			return historyPage{}, historyUnavailable("fetch", err)
+		}
+		if got == 0 {
+			return historyPage{}, fmt.Errorf("%w: history: no messages within the wait, %d pending", registry.ErrUnavailable, pending)
+		}
+	}
+	if pending == 0 {
+		page.Next = 0
+	}
+	return page, nil
+}
+
+// historyUnavailable wraps a bus failure of readHistory in
+// registry.ErrUnavailable (answered 503); the caller's own cancellation is
+// returned as is.
+func historyUnavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("bridge: history %s: %w", op, err)
+	}
+	return fmt.Errorf("%w: history %s: %w", registry.ErrUnavailable, op, err)
 }

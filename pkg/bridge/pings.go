@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"mime"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -44,31 +41,6 @@ type pingBatchResponse struct {
 	Rejected int              `json:"rejected"`
 }
 
-// readBatchBody applies readBody's content-type rules with the batch size
-// limit (a batch needs more than a heartbeat's 64 KiB).
-func readBatchBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "application/json" || (params["charset"] != "" && !strings.EqualFold(params["charset"], "utf-8")) {
-		httpx.WriteError(w, http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMedia, "Content-Type must be application/json")
-		return nil, false
-	}
-	if r.ContentLength > MaxPingBatchBytes {
-		httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, "request body is larger than the limit (1 MiB)")
-		return nil, false
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxPingBatchBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, "request body is larger than the limit (1 MiB)")
-			return nil, false
-		}
-		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, "reading the request body failed")
-		return nil, false
-	}
-	return body, true
-}
-
 // handlePings serves POST /v1/pings (ping service token):
 //
 //	{"results": [{"device": "<id>", "ok": bool, "rtt_ms": n, "checked_at": "<RFC 3339>", "error": "timeout"}, …]}
@@ -87,7 +59,7 @@ func (b *Bridge) handlePings(w http.ResponseWriter, r *http.Request) {
 		writeUnauthorized(w)
 		return
 	}
-	body, ok := readBatchBody(w, r)
+	body, ok := readBody(w, r, MaxPingBatchBytes, bodyRequired)
 	if !ok {
 		return
 	}
@@ -215,7 +187,7 @@ func (b *Bridge) decodePingItem(ctx context.Context, raw json.RawMessage, now ti
 		}
 		return &events.Input{Device: id}, http.StatusBadRequest, httpx.CodeBadRequest, err.Error()
 	}
-	ent, err := b.reg.Lookup(ctx, id)
+	ent, err := b.hot.Lookup(ctx, id)
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
 		return &events.Input{Device: id}, http.StatusNotFound, httpx.CodeNotFound, "unknown device"

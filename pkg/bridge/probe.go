@@ -9,14 +9,13 @@ package bridge
 // service checks it again, after DNS resolution, when it probes.
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net/http"
 
 	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/devstatus/devstatus/pkg/probepolicy"
+	"github.com/devstatus/devstatus/pkg/registry"
 )
 
 // Error codes of refused probe URLs (HTTP 400).
@@ -90,23 +89,28 @@ func (b *Bridge) checkHeartbeatProbeURL(w http.ResponseWriter, hb *heartbeatBody
 	return true
 }
 
-// storeProbeURL records the probe URL reported in an accepted heartbeat when
-// it differs from the registered one (read from the registry cache, so an
-// unchanged URL costs no KV round trip). A failure is logged and not
-// reported to the device: the heartbeat is recorded, and the next heartbeat
-// tries again.
-func (b *Bridge) storeProbeURL(ctx context.Context, id string, probeURL *string) {
-	if probeURL == nil {
-		return
+// changedProbeURL returns the probe URL a heartbeat reported (already
+// checked and normalised) when it differs from the registered one, read
+// from the cached entry; nil when there is nothing to store. An unchanged
+// URL therefore costs no registry write; a changed one is stored by the
+// heartbeat's one registry write (settleRecord, reconnect.go). A failed
+// write is logged and not reported to the device: the heartbeat is
+// recorded, and the next one tries again.
+func changedProbeURL(ent registry.Entry, probeURL *string) *string {
+	if probeURL == nil || *probeURL == ent.ProbeURL {
+		return nil
 	}
-	ent, err := b.reg.Lookup(ctx, id)
-	if err == nil && ent.ProbeURL == *probeURL {
-		return
+	return probeURL
+}
+
+// setProbeURL sets d's probe URL inside a compare-and-swap and reports
+// whether it changed (a decommissioned device keeps its record).
+func setProbeURL(d *registry.Device, u string) bool {
+	if d.Decommissioned || d.ProbeURL == u {
+		return false
 	}
-	if _, err := b.reg.SetProbeURL(ctx, id, *probeURL); err != nil {
-		b.log.Warn("bridge: probe URL from a heartbeat not stored; the next heartbeat retries",
-			slog.String("device", id), slog.Any("err", err))
-	}
+	d.ProbeURL = u
+	return true
 }
 
 // handlePatchProbeURL serves PATCH /v1/devices/{id} when the body has

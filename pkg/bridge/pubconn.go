@@ -1,6 +1,8 @@
 package bridge
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"sync"
@@ -10,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/pkg/bus"
 )
 
@@ -98,4 +101,33 @@ func (b *Bridge) pubJS() jetstream.JetStream {
 		}
 	}
 	return b.cfg.Bus.JS
+}
+
+// publish sends an input event to the device's subject and waits for the
+// PubAck (at most PublishTimeout). It fails at once when NATS is
+// disconnected. The request's cancellation does not cut the publish short:
+// once sent, its outcome is awaited.
+func (b *Bridge) publish(ctx context.Context, in *events.Input) error {
+	_, err := b.publishWithID(ctx, in, in.ID)
+	return err
+}
+
+// publishWithID is publish with an explicit Nats-Msg-Id; it returns the
+// PubAck (Duplicate set when JetStream already holds a message with that id
+// in its duplicate window: nothing was stored).
+func (b *Bridge) publishWithID(ctx context.Context, in *events.Input, msgID string) (*jetstream.PubAck, error) {
+	if !b.cfg.Bus.NC.IsConnected() {
+		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
+		return nil, errors.New("bridge: NATS is not connected")
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
+	defer cancel()
+	start := b.cfg.Clock.Now()
+	ack, err := b.publisher(b.pubJS()).Publish(ctx, in, msgID)
+	if err != nil {
+		b.m.publishErrors.WithLabelValues(string(in.Type)).Inc()
+		return nil, err
+	}
+	b.m.publishDuration.WithLabelValues(string(in.Type)).Observe(b.cfg.Clock.Now().Sub(start).Seconds())
+	return ack, nil
 }

@@ -94,20 +94,21 @@ type Device struct {
 	// RemoteControlEventID is the id of the last remote_control_changed
 	// event; repeating an unchanged setting re-publishes it (deduplicated).
 	RemoteControlEventID string `json:"remote_control_event_id,omitempty"`
-	// PendingReconnect is set by an operator's reconnect request and cleared
-	// by the heartbeat that delivers it (exactly one, see TakeReconnect).
+	// PendingReconnect is set by an operator's reconnect request
+	// (RequestReconnect) and cleared by the heartbeat that delivers it (the
+	// bridge decides which, by compare-and-swap: see Swap).
 	PendingReconnect bool `json:"pending_reconnect"`
 	// ReconnectRequestID is the event id of the pending (or last) reconnect request.
 	ReconnectRequestID string `json:"reconnect_request_id,omitempty"`
 	// ComebackSeq is the transitions-stream sequence of the last offline
 	// transition (to temporarily_offline or disconnected) whose comeback was
 	// signalled to the device (should_reconnect), by whichever bridge
-	// instance won the compare-and-swap that raised it (see Deliver).
+	// instance won the compare-and-swap that raised it.
 	ComebackSeq uint64 `json:"comeback_seq,omitempty"`
 	// Unlogged lists reconnect deliveries already told to the device whose
-	// reconnect_delivered event JetStream has not acknowledged yet; the next
-	// Deliver (any instance) publishes them again, same event id, and removes
-	// them (see Deliver).
+	// reconnect_delivered event could not be published; the bridge that
+	// next settles one of the device's heartbeats publishes them again (same
+	// event id) and removes them.
 	Unlogged     []Delivery `json:"unlogged,omitempty"`
 	RegisteredAt time.Time  `json:"registered_at"`
 	// RegisteredEventID is the id of the device_registered event.
@@ -119,7 +120,7 @@ type Device struct {
 	DecommissionEventID string `json:"decommission_event_id,omitempty"`
 	// ProbeURL is where the ping service probes the device ("" = not
 	// probed): set at registration, by PATCH or in a heartbeat, checked by
-	// the bridge against the probe policy (see probe.go).
+	// the bridge against its probe policy.
 	ProbeURL string `json:"probe_url,omitempty"`
 
 	// Revision is the KV revision the device was read at (not stored).
@@ -512,6 +513,26 @@ func (r *Registry) mutate(ctx context.Context, id string, change func(d *Device)
 	return Device{}, fmt.Errorf("%w: %d concurrent changes of %q in a row", ErrUnavailable, casAttempts, id)
 }
 
+// Swap changes a device's record by compare-and-swap, publishing nothing:
+// it reads the entry from KV, calls change on it and, when change returns
+// write, writes the changed record guarded by the revision it read. When
+// another writer came first it reads again and calls change again (change
+// must therefore decide from d alone; it may run up to 16 times), so a
+// change that several bridge instances race for is won by exactly one. The
+// writer's own cache takes the written record at once; other instances'
+// caches learn it from their watch. It returns the record as written, or as
+// read when change wrote nothing.
+//
+// Errors: *[InvalidIDError], [ErrNotFound], [ErrUnavailable] (bus failures
+// and too much contention), or change's own error, returned with the record
+// as read.
+func (r *Registry) Swap(ctx context.Context, id string, change func(d *Device) (write bool, err error)) (Device, error) {
+	return r.mutate(ctx, id, func(d *Device) (*events.Input, bool, error) {
+		write, err := change(d)
+		return nil, write, err
+	})
+}
+
 // Decommission marks the device decommissioned (its token stops working, its
 // pending reconnect is dropped) and publishes device_decommissioned.
 // Decommissioning a decommissioned device re-publishes the same event id
@@ -596,26 +617,15 @@ type Entry struct {
 	Decommissioned       bool
 	// ProbeURL is Device.ProbeURL.
 	ProbeURL string
-	// ComebackSeq is Device.ComebackSeq: a heartbeat seeing an offline
-	// transition with a higher sequence may have a comeback to signal.
+	// ComebackSeq is Device.ComebackSeq.
 	ComebackSeq uint64
-	// Unlogged: some delivery's reconnect_delivered event is still to publish.
+	// Unlogged: Device.Unlogged is not empty.
 	Unlogged bool
 	// Revision is the KV revision the entry was read at.
 	Revision uint64
 	// Gateway is Device.Gateway: the gateway whose batches may carry this
 	// device's heartbeats ("" = none).
 	Gateway string
-}
-
-// NeedsDeliver tells the bridge whether a heartbeat of this device must call
-// [Registry.Deliver]: an operator reconnect is pending, a delivery is still
-// to be logged, or offlineSeq (the sequence of the device's last transition
-// when it is to temporarily_offline or disconnected, else 0) is newer than the
-// last comeback signalled. False on the hot path of almost every heartbeat:
-// no KV round trip then.
-func (e Entry) NeedsDeliver(offlineSeq uint64) bool {
-	return !e.Decommissioned && (e.PendingReconnect || e.Unlogged || offlineSeq > e.ComebackSeq)
 }
 
 func entryOf(d *Device) (Entry, error) {
@@ -731,3 +741,53 @@ func (r *Registry) CacheStats() CacheStats {
 // WatchCollectors returns the Prometheus collectors of the devices-bucket
 // watch ([bus.Follower.Collectors], follower="registry-watch").
 func (r *Registry) WatchCollectors() []prometheus.Collector { return r.watch.Collectors() }
+
+// Delivery is one should_reconnect told to a device whose
+// reconnect_delivered event is still to be published (Device.Unlogged).
+type Delivery struct {
+	// EventID is the reconnect_delivered event's id (and Nats-Msg-Id).
+	EventID string `json:"event_id"`
+	// At is when it was told: the event's time.
+	At time.Time `json:"at"`
+}
+
+// MaxProbeURLLen bounds a stored probe URL, in bytes (the probe policy's
+// limit, probepolicy.MaxURLLen).
+const MaxProbeURLLen = 2048
+
+// ErrInvalidProbeURL is returned for a probe URL longer than
+// [MaxProbeURLLen]. The registry does not apply the probe policy: callers
+// (the bridge) check URLs with probepolicy.Policy.CheckURL and store the
+// normalised form.
+var ErrInvalidProbeURL = errors.New("registry: invalid probe URL")
+
+// RegisterOption sets an optional field of a device at [Registry.Register].
+type RegisterOption func(*Device)
+
+// WithProbeURL registers the device with a probe URL (already checked
+// against the probe policy by the caller; "" means none).
+func WithProbeURL(u string) RegisterOption {
+	return func(d *Device) { d.ProbeURL = u }
+}
+
+// SetProbeURL sets (or, with "", clears) the device's probe URL. Setting the
+// URL it already has writes nothing. The change is a revision-checked KV
+// write; no input event is published (probe URLs are read by the ping
+// service from the registry, not by the state machine). Errors:
+// *[InvalidIDError], [ErrInvalidProbeURL], [ErrNotFound],
+// [ErrDecommissioned], [ErrUnavailable].
+func (r *Registry) SetProbeURL(ctx context.Context, id, probeURL string) (Device, error) {
+	if len(probeURL) > MaxProbeURLLen {
+		return Device{}, fmt.Errorf("%w: longer than %d bytes", ErrInvalidProbeURL, MaxProbeURLLen)
+	}
+	return r.Swap(ctx, id, func(d *Device) (bool, error) {
+		if d.Decommissioned {
+			return false, ErrDecommissioned
+		}
+		if d.ProbeURL == probeURL {
+			return false, nil
+		}
+		d.ProbeURL = probeURL
+		return true, nil
+	})
+}

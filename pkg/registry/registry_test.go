@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -205,72 +203,6 @@ func TestDecommissionAndReRegister(t *testing.T) {
 	}
 	if n := len(ofType(evs, events.TypeDeviceRegistered)); n != 2 {
 		t.Errorf("%d registered events, want 2", n)
-	}
-}
-
-func TestRemoteControlAndReconnect(t *testing.T) {
-	b := testenv.NATS(t, bus.Config{})
-	r := newRegistry(t, b, true)
-	ctx := context.Background()
-	if _, err := r.Register(ctx, "d", "", ""); err != nil {
-		t.Fatal(err)
-	}
-	d, err := r.SetRemoteControl(ctx, "d", true)
-	if err != nil || !d.RemoteControlEnabled {
-		t.Fatalf("%+v %v", d, err)
-	}
-	if _, err := r.SetRemoteControl(ctx, "d", true); err != nil {
-		t.Fatal(err)
-	}
-	e, err := r.Lookup(ctx, "d")
-	if err != nil || !e.RemoteControlEnabled {
-		t.Errorf("Lookup after SetRemoteControl: %+v %v", e, err)
-	}
-	if taken, err := r.TakeReconnect(ctx, "d"); taken || err != nil {
-		t.Errorf("take without request: %v %v", taken, err)
-	}
-	id1, err := r.RequestReconnect(ctx, "d")
-	if err != nil {
-		t.Fatal(err)
-	}
-	id2, err := r.RequestReconnect(ctx, "d")
-	if err != nil || id1 != id2 {
-		t.Errorf("repeated request: %q %q %v", id1, id2, err)
-	}
-	if e, _ := r.Lookup(ctx, "d"); !e.PendingReconnect {
-		t.Error("pending reconnect not visible")
-	}
-	// Two registry instances (two bridges) race to take it: exactly one wins.
-	r2 := newRegistry(t, b, true)
-	var wins atomic.Int32
-	var wg sync.WaitGroup
-	for i := 0; i < 20; i++ {
-		wg.Add(1)
-		go func(rr *registry.Registry) {
-			defer wg.Done()
-			taken, err := rr.TakeReconnect(ctx, "d")
-			if err != nil {
-				t.Error(err)
-			}
-			if taken {
-				wins.Add(1)
-			}
-		}([]*registry.Registry{r, r2}[i%2])
-	}
-	wg.Wait()
-	if wins.Load() != 1 {
-		t.Errorf("%d winners, want 1", wins.Load())
-	}
-	evs := inputEvents(t, b)
-	if n := len(ofType(evs, events.TypeRemoteControlChanged)); n != 1 {
-		t.Errorf("%d remote_control_changed, want 1", n)
-	}
-	if n := len(ofType(evs, events.TypeReconnectRequested)); n != 1 {
-		t.Errorf("%d reconnect_requested, want 1", n)
-	}
-	del := ofType(evs, events.TypeReconnectDelivered)
-	if len(del) != 1 || del[0].ID != "rd-"+id1 {
-		t.Errorf("reconnect_delivered: %+v", del)
 	}
 }
 

@@ -1,4 +1,4 @@
-package registry_test
+package bridge
 
 import (
 	"context"
@@ -17,27 +17,101 @@ import (
 	"github.com/devstatus/devstatus/pkg/registry"
 )
 
+// deliverer is one bridge instance's registry with the bridge's reconnect
+// rule over it (reconnects.deliver, as a heartbeat without a probe URL
+// applies it) and its audit-trail reader.
+type deliverer struct {
+	*registry.Registry
+	br *Bridge
+}
+
+// newDeliverer runs a bridge on b (clk nil: a fake clock at t0).
+func newDeliverer(t *testing.T, b *bus.Bus, clk *clock.Fake) *deliverer {
+	t.Helper()
+	if clk == nil {
+		clk = clock.NewFake(t0)
+	}
+	e := newEnvOnBus(t, b, withClock(clk))
+	return &deliverer{Registry: e.reg, br: e.br}
+}
+
+func (d *deliverer) Deliver(ctx context.Context, id string, offlineSeq uint64) (delivered, error) {
+	return d.br.rc.deliver(ctx, id, offlineSeq, nil)
+}
+
+// TakeReconnect delivers a pending operator request only (no comeback) and
+// reports whether this caller won it.
+func (d *deliverer) TakeReconnect(ctx context.Context, id string) (bool, error) {
+	out, err := d.Deliver(ctx, id, 0)
+	return out.Operator, err
+}
+
+func (d *deliverer) History(ctx context.Context, id string, q historyQuery) (historyPage, error) {
+	return readHistory(ctx, d.br.cfg.Bus, d.br.log, id, q)
+}
+
+// busInputEvents returns every event on the input stream, in order.
+func busInputEvents(t *testing.T, b *bus.Bus) []*events.Input {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := b.JS.Stream(ctx, events.InputStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*events.Input
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := events.DecodeInput(m.Data)
+		if err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+		out = append(out, in)
+	}
+	return out
+}
+
+func ofType(evs []*events.Input, typ events.Type) []*events.Input {
+	var out []*events.Input
+	for _, e := range evs {
+		if e.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // TestDeliverComebackOnce: a comeback (offline transition sequence) is
 // delivered once, by exactly one of many concurrent callers on two registry
 // instances (two bridges); an older or equal sequence delivers nothing; a
 // newer offline transition delivers again.
 func TestDeliverComebackOnce(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{})
-	r1 := newRegistry(t, b, true)
-	r2 := newRegistry(t, b, true)
+	r1 := newDeliverer(t, b, nil)
+	r2 := newDeliverer(t, b, nil)
 	ctx := context.Background()
 	if _, err := r1.Register(ctx, "d", "", ""); err != nil {
 		t.Fatal(err)
 	}
 	e, err := r1.Lookup(ctx, "d")
-	if err != nil || e.NeedsDeliver(0) || !e.NeedsDeliver(7) {
+	if err != nil || needsDeliver(e, 0) || !needsDeliver(e, 7) {
 		t.Fatalf("fresh entry: %+v %v", e, err)
 	}
 	var wins atomic.Int32
 	var wg sync.WaitGroup
 	for i := 0; i < 20; i++ {
 		wg.Add(1)
-		go func(r *registry.Registry) {
+		go func(r *deliverer) {
 			defer wg.Done()
 			d, err := r.Deliver(ctx, "d", 7)
 			if err != nil {
@@ -49,7 +123,7 @@ func TestDeliverComebackOnce(t *testing.T) {
 				}
 				wins.Add(1)
 			}
-		}([]*registry.Registry{r1, r2}[i%2])
+		}([]*deliverer{r1, r2}[i%2])
 	}
 	wg.Wait()
 	if wins.Load() != 1 {
@@ -68,10 +142,10 @@ func TestDeliverComebackOnce(t *testing.T) {
 		t.Errorf("entry %+v %v", dev, err)
 	}
 	var ids []string
-	for _, ev := range ofType(inputEvents(t, b), events.TypeReconnectDelivered) {
+	for _, ev := range ofType(busInputEvents(t, b), events.TypeReconnectDelivered) {
 		ids = append(ids, ev.ID)
-		reason, _, seq, ok := registry.ParseDeliveryID(ev.ID)
-		if !ok || reason != registry.ReasonComeback || (seq != 7 && seq != 12) {
+		reason, _, seq, ok := parseDeliveryID(ev.ID)
+		if !ok || reason != reasonComeback || (seq != 7 && seq != 12) {
 			t.Errorf("delivered event %q parses to %q %d %v", ev.ID, reason, seq, ok)
 		}
 	}
@@ -84,7 +158,7 @@ func TestDeliverComebackOnce(t *testing.T) {
 // gets its own event.
 func TestDeliverOperatorAndComebackTogether(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{})
-	r := newRegistry(t, b, true)
+	r := newDeliverer(t, b, nil)
 	ctx := context.Background()
 	if _, err := r.Register(ctx, "d", "", ""); err != nil {
 		t.Fatal(err)
@@ -101,17 +175,17 @@ func TestDeliverOperatorAndComebackTogether(t *testing.T) {
 		t.Fatalf("second: %+v %v", d, err)
 	}
 	got := map[string]bool{}
-	for _, ev := range ofType(inputEvents(t, b), events.TypeReconnectDelivered) {
+	for _, ev := range ofType(busInputEvents(t, b), events.TypeReconnectDelivered) {
 		got[ev.ID] = true
 	}
 	if len(got) != 2 || !got["rd-"+req] || !got["rd-tr-5"] {
 		t.Errorf("delivered events %v", got)
 	}
-	if reason, rid, _, ok := registry.ParseDeliveryID("rd-" + req); !ok || reason != registry.ReasonOperator || rid != req {
+	if reason, rid, _, ok := parseDeliveryID("rd-" + req); !ok || reason != reasonOperator || rid != req {
 		t.Errorf("ParseDeliveryID: %q %q %v", reason, rid, ok)
 	}
 	for _, bad := range []string{"", "rd-", "rd-tr-x", "rd-tr-0", "hb-1"} {
-		if _, _, _, ok := registry.ParseDeliveryID(bad); ok {
+		if _, _, _, ok := parseDeliveryID(bad); ok {
 			t.Errorf("ParseDeliveryID(%q) ok", bad)
 		}
 	}
@@ -124,10 +198,7 @@ func TestDeliverOperatorAndComebackTogether(t *testing.T) {
 func TestDeliverLogsLater(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{})
 	clk := clock.NewFake(t0)
-	r, err := registry.New(registry.Config{Bus: b, Clock: clk, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newDeliverer(t, b, clk)
 	ctx := context.Background()
 	if _, err := r.Register(ctx, "d", "", ""); err != nil {
 		t.Fatal(err)
@@ -159,7 +230,7 @@ func TestDeliverLogsLater(t *testing.T) {
 		t.Fatalf("entry after the failed log: %+v %v", dev, err)
 	}
 	e, err := r.Lookup(ctx, "d")
-	if err != nil || !e.NeedsDeliver(0) {
+	if err != nil || !needsDeliver(e, 0) {
 		t.Fatalf("entry does not ask for the retry: %+v %v", e, err)
 	}
 	if _, err := b.JS.CreateStream(ctx, cfg); err != nil {
@@ -169,7 +240,7 @@ func TestDeliverLogsLater(t *testing.T) {
 	if d, err := r.Deliver(ctx, "d", 0); err != nil || d.Reconnect {
 		t.Fatalf("retry: %+v %v (the device must not be told twice)", d, err)
 	}
-	del := ofType(inputEvents(t, b), events.TypeReconnectDelivered)
+	del := ofType(busInputEvents(t, b), events.TypeReconnectDelivered)
 	if len(del) != 1 || del[0].ID != "rd-"+req || !del[0].At.Equal(told) {
 		t.Fatalf("delivered events %+v, want one at %s", del, told)
 	}
@@ -179,8 +250,76 @@ func TestDeliverLogsLater(t *testing.T) {
 	if d, err := r.Deliver(ctx, "d", 0); err != nil || d.Reconnect {
 		t.Errorf("nothing left: %+v %v", d, err)
 	}
-	if n := len(ofType(inputEvents(t, b), events.TypeReconnectDelivered)); n != 1 {
+	if n := len(ofType(busInputEvents(t, b), events.TypeReconnectDelivered)); n != 1 {
 		t.Errorf("%d delivered events", n)
+	}
+}
+
+// TestRemoteControlAndReconnect: remote control is stored once per change,
+// and an operator reconnect is taken by exactly one of two instances.
+func TestRemoteControlAndReconnect(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{})
+	r := newDeliverer(t, b, nil)
+	ctx := context.Background()
+	if _, err := r.Register(ctx, "d", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.SetRemoteControl(ctx, "d", true)
+	if err != nil || !d.RemoteControlEnabled {
+		t.Fatalf("%+v %v", d, err)
+	}
+	if _, err := r.SetRemoteControl(ctx, "d", true); err != nil {
+		t.Fatal(err)
+	}
+	e, err := r.Lookup(ctx, "d")
+	if err != nil || !e.RemoteControlEnabled {
+		t.Errorf("Lookup after SetRemoteControl: %+v %v", e, err)
+	}
+	if taken, err := r.TakeReconnect(ctx, "d"); taken || err != nil {
+		t.Errorf("take without request: %v %v", taken, err)
+	}
+	id1, err := r.RequestReconnect(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, err := r.RequestReconnect(ctx, "d")
+	if err != nil || id1 != id2 {
+		t.Errorf("repeated request: %q %q %v", id1, id2, err)
+	}
+	if e, _ := r.Lookup(ctx, "d"); !e.PendingReconnect {
+		t.Error("pending reconnect not visible")
+	}
+	// Two registry instances (two bridges) race to take it: exactly one wins.
+	r2 := newDeliverer(t, b, nil)
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(rr *deliverer) {
+			defer wg.Done()
+			taken, err := rr.TakeReconnect(ctx, "d")
+			if err != nil {
+				t.Error(err)
+			}
+			if taken {
+				wins.Add(1)
+			}
+		}([]*deliverer{r, r2}[i%2])
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Errorf("%d winners, want 1", wins.Load())
+	}
+	evs := busInputEvents(t, b)
+	if n := len(ofType(evs, events.TypeRemoteControlChanged)); n != 1 {
+		t.Errorf("%d remote_control_changed, want 1", n)
+	}
+	if n := len(ofType(evs, events.TypeReconnectRequested)); n != 1 {
+		t.Errorf("%d reconnect_requested, want 1", n)
+	}
+	del := ofType(evs, events.TypeReconnectDelivered)
+	if len(del) != 1 || del[0].ID != "rd-"+id1 {
+		t.Errorf("reconnect_delivered: %+v", del)
 	}
 }
 
@@ -189,10 +328,7 @@ func TestDeliverLogsLater(t *testing.T) {
 func TestHistory(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{Partitions: 1}) // every device in one partition
 	clk := clock.NewFake(t0)
-	r, err := registry.New(registry.Config{Bus: b, Clock: clk, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newDeliverer(t, b, clk)
 	ctx := context.Background()
 	for _, id := range []string{"d", "d.x", "other"} {
 		if _, err := r.Register(ctx, id, "", ""); err != nil {
@@ -216,7 +352,7 @@ func TestHistory(t *testing.T) {
 		}
 	}
 	types := []events.Type{events.TypeReconnectRequested, events.TypeReconnectDelivered}
-	page, err := r.History(ctx, "d", registry.HistoryQuery{Types: types})
+	page, err := r.History(ctx, "d", historyQuery{Types: types})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,20 +371,20 @@ func TestHistory(t *testing.T) {
 				t.Errorf("event %d: %+v", i, he.Event)
 			}
 		case 1:
-			if reason, rid, _, _ := registry.ParseDeliveryID(he.Event.ID); reason != registry.ReasonOperator || rid != reqs[i/3] {
+			if reason, rid, _, _ := parseDeliveryID(he.Event.ID); reason != reasonOperator || rid != reqs[i/3] {
 				t.Errorf("event %d: %+v", i, he.Event)
 			}
 		case 2:
-			if reason, _, seq, _ := registry.ParseDeliveryID(he.Event.ID); reason != registry.ReasonComeback || seq != uint64(100+i/3) {
+			if reason, _, seq, _ := parseDeliveryID(he.Event.ID); reason != reasonComeback || seq != uint64(100+i/3) {
 				t.Errorf("event %d: %+v", i, he.Event)
 			}
 		}
 	}
 	// Paging: 4 at a time, resuming after the cursor.
-	var all []registry.HistoryEvent
+	var all []historyEvent
 	after := uint64(0)
 	for pages := 0; ; pages++ {
-		p, err := r.History(ctx, "d", registry.HistoryQuery{Types: types, After: after, Limit: 4})
+		p, err := r.History(ctx, "d", historyQuery{Types: types, After: after, Limit: 4})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -265,20 +401,20 @@ func TestHistory(t *testing.T) {
 		t.Errorf("paged %d events", len(all))
 	}
 	// A bounded scan returns a cursor.
-	p, err := r.History(ctx, "d", registry.HistoryQuery{MaxScan: 2})
+	p, err := r.History(ctx, "d", historyQuery{MaxScan: 2})
 	if err != nil || len(p.Events) != 2 || p.Next != p.Events[1].Seq || p.Events[0].Event.Type != events.TypeDeviceRegistered {
 		t.Errorf("bounded scan: %+v %v", p, err)
 	}
 	// Unfiltered: registration first; nothing of d.x or other.
-	p, err = r.History(ctx, "d.x", registry.HistoryQuery{})
+	p, err = r.History(ctx, "d.x", historyQuery{})
 	if err != nil || len(p.Events) != 1 || p.Events[0].Event.Type != events.TypeDeviceRegistered || p.Events[0].Event.Device != "d.x" {
 		t.Errorf("d.x history: %+v %v", p, err)
 	}
-	if p, err := r.History(ctx, "never-registered", registry.HistoryQuery{}); err != nil || len(p.Events) != 0 || p.Next != 0 {
+	if p, err := r.History(ctx, "never-registered", historyQuery{}); err != nil || len(p.Events) != 0 || p.Next != 0 {
 		t.Errorf("empty history: %+v %v", p, err)
 	}
 	var idErr *registry.InvalidIDError
-	if _, err := r.History(ctx, "bad\x00", registry.HistoryQuery{}); !errors.As(err, &idErr) {
+	if _, err := r.History(ctx, "bad\x00", historyQuery{}); !errors.As(err, &idErr) {
 		t.Errorf("bad id: %v", err)
 	}
 	// The read consumers are gone.
