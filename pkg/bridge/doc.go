@@ -7,8 +7,8 @@
 // refuses the event the answer is 503 with Retry-After, never 200.
 //
 // Checks on a heartbeat, in order (each refusal publishes nothing and spends
-// no rate budget): device id (400), content type (415), body size (413),
-// JSON (400), device token (401 for a missing or wrong token and for an
+// no rate budget): device id (400), content type (415), body size (413), a
+// body too slow to arrive (408), JSON (400), probe URL (400), device token (401 for a missing or wrong token and for an
 // unknown device alike, so that unauthenticated callers cannot probe which
 // ids exist; 403 for the valid token of another device; 404 for a
 // decommissioned device with its own token), per-device rate limit (429 with
@@ -16,9 +16,19 @@
 // JetStream reports the device's rate window already taken by another
 // instance, see limiter).
 //
+// Where each concept lives: heartbeat admission (decode, authenticate, rate
+// limit, publish, answer) in heartbeat.go; the reconnect rule (when
+// should_reconnect is true, how it is cleared, its audit events) in
+// reconnect.go; gateways in gateway.go; probe URLs in probe.go; the one
+// request-body reader of every endpoint in body.go (413, 415, 408, 400);
+// the audit trail in history.go. The registry (pkg/registry) is only the
+// store they read and write: a heartbeat enters it at most twice, one
+// look-up and, only when its record changes (a reconnect to tell, a new
+// probe URL), one compare-and-swap (see deviceStore).
+//
 // Several instances may run behind a load balancer: the registry (JetStream
 // KV, compare-and-swap) holds what must be shared, so operator reconnects and
-// comebacks are signalled exactly once across instances (registry.Deliver),
+// comebacks are signalled exactly once across instances (reconnect.go),
 // and the rate limit holds across instances through the shared rate window
 // (a Nats-Msg-Id per device per RateMinInterval window, deduplicated by
 // JetStream). Per instance: the status cache (fed by an ordered consumer on

@@ -17,7 +17,7 @@ import (
 // decided and the transitions-stream sequence of that decision, plus the
 // sequence of the offline transition whose comeback this instance knows was
 // already signalled (a local memo; the authority is the registry entry's
-// ComebackSeq, raised by compare-and-swap in registry.Deliver, so the
+// ComebackSeq, raised by compare-and-swap by reconnect.go, so the
 // comeback is signalled once across every bridge instance). It is fed by an
 // ordered consumer on the transitions stream that starts with the last
 // transition of every device (DeliverLastPerSubjectPolicy) and then follows
@@ -60,7 +60,7 @@ func (c *statusCache) apply(device string, to events.Status, seq uint64) {
 // forHeartbeat returns the device's last decided status (registered when
 // none) and, when that status is temporarily_offline or disconnected and
 // this instance has not yet seen its comeback signalled, the sequence of the
-// transition that decided it (the comeback candidate for registry.Deliver);
+// transition that decided it (the comeback candidate for reconnect.go);
 // else 0.
 func (c *statusCache) forHeartbeat(device string) (events.Status, uint64) {
 	c.mu.Lock()
