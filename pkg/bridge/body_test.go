@@ -21,7 +21,9 @@ func TestEveryBodyReadAlike(t *testing.T) {
 	e := newEnv(t)
 	devTok := e.register("dev", "")
 	gwTok := e.registerGateway("gw")
-	// The service's timeouts scaled down (as in TestSlowClientsAreCutOff).
+	// The slow body is sent to a server with the service's timeouts scaled
+	// down (as in TestSlowClientsAreCutOff); the other cases to e.srv,
+	// whose lack of timeouts leaves a loaded machine time for 4 MiB.
 	srv := &http.Server{Handler: e.srv.Config.Handler,
 		ReadHeaderTimeout: 200 * time.Millisecond, ReadTimeout: 600 * time.Millisecond,
 		WriteTimeout: 1200 * time.Millisecond}
@@ -61,21 +63,26 @@ func TestEveryBodyReadAlike(t *testing.T) {
 			more  string // sent after, in the background (may be cut off)
 			code  int
 			ecode string
+			slow  bool // to the server with the short ReadTimeout
 		}{
 			{"over the limit, declared", head(ep.method, ep.path, ep.token, "application/json", fmt.Sprintf("Content-Length: %d\r\n", ep.limit+1)),
-				"", http.StatusRequestEntityTooLarge, httpx.CodeTooLarge},
+				"", http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, false},
 			{"over the limit, chunked", head(ep.method, ep.path, ep.token, "application/json", "Transfer-Encoding: chunked\r\n"),
-				fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", ep.limit+1, strings.Repeat(" ", ep.limit+1)), http.StatusRequestEntityTooLarge, httpx.CodeTooLarge},
+				fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", ep.limit+1, strings.Repeat(" ", ep.limit+1)), http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, false},
 			{"wrong content type", head(ep.method, ep.path, ep.token, "text/plain", "Content-Length: 2\r\n") + "{}",
-				"", http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMedia},
+				"", http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMedia, false},
 			{"slow body", head(ep.method, ep.path, ep.token, "application/json", "Content-Length: 100\r\n") + `{"id":`,
-				"", http.StatusRequestTimeout, CodeRequestTimeout},
+				"", http.StatusRequestTimeout, CodeRequestTimeout, true},
 			{"malformed", head(ep.method, ep.path, ep.token, "application/json", "Content-Length: 1\r\n") + "{",
-				"", http.StatusBadRequest, ""},
+				"", http.StatusBadRequest, "", false},
 		}
 		for _, c := range cases {
 			t.Run(ep.name+"/"+c.name, func(t *testing.T) {
-				rc := dialRaw(t, ln.Addr().String())
+				addr := e.srv.Listener.Addr().String()
+				if c.slow {
+					addr = ln.Addr().String()
+				}
+				rc := dialRaw(t, addr)
 				if err := rc.send(c.send); err != nil {
 					t.Fatal(err)
 				}
