@@ -162,8 +162,11 @@ func (b *Bridge) settleHeartbeat(ctx context.Context, a *admitted, ack *jetstrea
 	return hbOutcome{status: http.StatusOK, resp: resp}
 }
 
-// authFailure answers a failed device authentication (see
-// registry.Authenticate for the cases).
+// authFailure answers a failed device authentication
+// (registry.Authenticate): an unknown device and a wrong or missing token
+// alike 401, so that unauthenticated callers cannot probe which ids exist;
+// the valid token of another device 403; a decommissioned device with its
+// own token 404; a registry that cannot tell 503.
 func (b *Bridge) authFailure(w http.ResponseWriter, r *http.Request, id string, err error) {
 	switch {
 	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrBadToken):

@@ -175,12 +175,12 @@ func (c *reconnects) logDeliveries(ctx context.Context, id string, earlier, told
 		_, err = c.store.Swap(ctx, id, func(d *registry.Device) (bool, error) {
 			n := len(d.Unlogged)
 			d.Unlogged = slices.DeleteFunc(d.Unlogged, func(x registry.Delivery) bool { return slices.Contains(logged, x.EventID) })
+			changed := len(d.Unlogged) != n
 			for _, f := range failed {
 				if !slices.ContainsFunc(d.Unlogged, func(x registry.Delivery) bool { return x.EventID == f.EventID }) {
-					d.Unlogged = append(d.Unlogged, f)
+					d.Unlogged, changed = append(d.Unlogged, f), true
 				}
 			}
-			changed := len(d.Unlogged) != n || len(failed) > 0
 			if len(d.Unlogged) == 0 {
 				d.Unlogged = nil
 			}

@@ -19,22 +19,23 @@ import (
 // Token index: besides the device entries (keys = events.SubjectToken(id),
 // which never contain a '.'), the devices bucket holds one key per device
 // token, "tok.<hex SHA-256 of the token>", whose value is the device id. It
-// only serves to tell a token of another device (403) from a wrong token
-// (401) when a token does not match the device it is presented for; the
-// device entry stays the only authority (an index hit counts only if that
-// device's entry holds the same hash and is not decommissioned), so a stale
-// or missing index key can only turn a 403 into a 401, never let a token in.
+// only serves to tell a token of another device (ErrForeignToken) from a
+// wrong token (ErrBadToken) when a token does not match the device it is
+// presented for; the device entry stays the only authority (an index hit
+// counts only if that device's entry holds the same hash and is not
+// decommissioned), so a stale or missing index key can only turn an
+// ErrForeignToken into an ErrBadToken, never let a token in.
 const tokenIndexPrefix = "tok."
 
 func tokenIndexKey(hash string) string { return tokenIndexPrefix + hash }
 
 // putTokenIndex records that the token with this hash is id's. Best effort:
-// a failure only costs the 403 distinction for that token (logged).
+// a failure only costs the ErrForeignToken distinction for that token (logged).
 func (r *Registry) putTokenIndex(ctx context.Context, id, hash string) {
 	ctx, cancel := r.opCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	if _, err := r.kv.Put(ctx, tokenIndexKey(hash), []byte(id)); err != nil {
-		r.log.Warn("registry: token index not written (a foreign use of this token answers 401, not 403)",
+		r.log.Warn("registry: token index not written (a foreign use of this token is reported as a wrong token)",
 			slog.String("device", id), slog.Any("err", err))
 	}
 }
@@ -83,16 +84,15 @@ func (r *Registry) tokenOwner(ctx context.Context, h [sha256.Size]byte) (string,
 }
 
 // Authenticate checks a device token against the registry (through the
-// cache). Results, and how the bridge answers them:
-//   - the device's own token: its entry, nil (200);
-//   - its own token, device decommissioned: the entry, [ErrDecommissioned] (404);
+// cache). Results:
+//   - the device's own token: its entry, nil;
+//   - its own token, device decommissioned: the entry, [ErrDecommissioned];
 //   - the valid token of another device, whether id exists or not:
-//     [ErrForeignToken] (403; the caller holds a valid token, and the answer
-//     is the same for an existing and an unknown id, so it learns nothing
-//     about which ids exist);
+//     [ErrForeignToken] (the same for an existing and an unknown id, so the
+//     caller learns nothing about which ids exist);
 //   - no token or any other token: [ErrNotFound] for an unknown id,
-//     [ErrBadToken] for a known one; callers answer both alike (401), so
-//     that unauthenticated callers cannot tell which ids exist;
+//     [ErrBadToken] for a known one (callers should treat both alike, so
+//     that unauthenticated callers cannot tell which ids exist);
 //   - *[InvalidIDError], [ErrUnavailable].
 //
 // The token is hashed on every path and compared in constant time. The
@@ -272,8 +272,8 @@ func (r *Registry) lookupGateway(ctx context.Context, id string) (Entry, error) 
 
 // AuthenticateGateway checks a gateway token. Errors: [ErrInvalidGateway]
 // for an id that breaks the rules, [ErrNotFound] for an unknown gateway and
-// [ErrBadToken] for a wrong or missing token (callers answer both 401, so
-// that unauthenticated callers cannot tell which gateways exist),
+// [ErrBadToken] for a wrong or missing token (callers should treat both
+// alike, so that unauthenticated callers cannot tell which gateways exist),
 // [ErrUnavailable]. The token is hashed on every path and compared in
 // constant time; a known gateway costs no KV round trip once cached.
 func (r *Registry) AuthenticateGateway(ctx context.Context, id, token string) error {

@@ -44,8 +44,8 @@ var (
 	// (registered, not decommissioned) device.
 	ErrForeignToken = errors.New("registry: token of another device")
 	// ErrUnavailable wraps every failure of the bus (disconnected, no
-	// responders, timeouts, too much CAS contention): the caller should answer
-	// 503 and the client retry later.
+	// responders, timeouts, too much CAS contention): the caller should
+	// retry later.
 	ErrUnavailable = errors.New("registry: bus unavailable")
 	// ErrInvalidGroup: the group is not printable UTF-8 of at most
 	// [MaxGroupLen] bytes.
@@ -274,7 +274,7 @@ func (r *Registry) opCtx(ctx context.Context) (context.Context, context.CancelFu
 // unavailable classifies a bus error: context cancellation by the caller is
 // returned as is; every other failure wraps ErrUnavailable (nats.ErrTimeout,
 // nats.ErrNoResponders, jetstream.ErrNoStreamResponse, a closed or
-// reconnecting connection, deadline exceeded …), so the API answers 503.
+// reconnecting connection, deadline exceeded …).
 func unavailable(op string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("registry: %s: %w", op, err)
