@@ -256,12 +256,12 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 	}
 	failed := 0
 	results := make([]hbOutcome, len(admit))
-	// Settling an accepted heartbeat is local, except when the device has
-	// a reconnect to be told (an operator's request, or a comeback from
-	// offline: a compare-and-swap on its registry entry and an event) or a
-	// new probe URL (a KV write): those round trips run gatewaySettlers at
-	// a time, so that a batch of devices coming back together does not
-	// wait for them one after another.
+	// Settling an accepted heartbeat is local, except when its record
+	// changes (mustSettle: a reconnect to be told, an operator's request or
+	// a comeback from offline, and/or a new probe URL: one compare-and-swap
+	// on its registry entry, and an event per delivery): those round trips
+	// run gatewaySettlers at a time, so that a batch of devices coming back
+	// together does not wait for them one after another.
 	sem := make(chan struct{}, gatewaySettlers)
 	var wg sync.WaitGroup
 	for k := range admit {
