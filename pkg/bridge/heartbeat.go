@@ -22,7 +22,7 @@ import (
 	"github.com/devstatus/devstatus/pkg/registry"
 )
 
-// heartbeatResponse is the 200 answer to a heartbeat (design.md).
+// heartbeatResponse is the 200 answer to a heartbeat.
 type heartbeatResponse struct {
 	// Status is the status the partition worker last decided for the device
 	// ("registered" when it has none yet). The heartbeat being answered is
