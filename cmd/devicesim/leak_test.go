@@ -4,12 +4,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/devstatus/devstatus/internal/testenv"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// the embedded NATS server's process-usage sampler outlives its server
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server/pse.periodic"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server/pse.updateUsage"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testenv.LeakOptions()...) }
