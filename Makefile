@@ -55,8 +55,8 @@ test: ## race tests against the test Postgres (started when DATABASE_URL is unse
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 	@$(MAKE) --no-print-directory pg-test-note
 
-test-replay: ## the whole-day virtual-time replay and the live HTTP replay of the Grid'5000 trace, without -race (too slow under it)
-	deploy/with-pg.sh --test $(GO) test -count=1 -timeout 30m -run 'TestReplayTrace' -v ./e2e 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|replay_test.go'; exit $${PIPESTATUS[0]}
+test-replay: ## the whole-day virtual-time replay and the live HTTP replay of the Grid'5000 trace, and the check of the excerpt against the full trace (DEVSTATUS_TRACE), without -race (too slow under it)
+	deploy/with-pg.sh --test $(GO) test -count=1 -timeout 30m -run 'TestReplayTrace|TestExcerptMatchesFullTrace' -v ./e2e ./pkg/trace 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|(replay|trace)_test.go'; exit $${PIPESTATUS[0]}
 
 test-race: ## race tests only (no fuzz)
 	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)

@@ -208,7 +208,7 @@ type traceFlags struct {
 }
 
 func (t *traceFlags) register(fs *flag.FlagSet, defaultWindow string) {
-	fs.StringVar(&t.path, "trace", trace.DefaultPath, "event table of the trace (.tab or .tab.xz); relative to the working directory")
+	fs.StringVar(&t.path, "trace", trace.FullPath(), "event table of the trace (.tab or .tab.xz); relative to the working directory; default $"+trace.EnvPath+", else "+trace.DefaultPath+" from the repository root")
 	fs.StringVar(&t.window, "window", defaultWindow, "trace window: FROM/TO, FROM+DURATION, or a date (RFC 3339 times or YYYY-MM-DD)")
 }
 
@@ -219,7 +219,7 @@ func (t *traceFlags) load() (*trace.Trace, trace.Window, error) {
 	}
 	tr, err := trace.Open(t.path)
 	if err != nil {
-		return nil, w, fmt.Errorf("%w (the full trace lives beside the repository; pkg/trace/testdata/g5k-2006-09-21.tab.xz holds one day)", err)
+		return nil, w, fmt.Errorf("%w (the full trace is %s; pkg/trace/testdata/g5k-2006-09-21.tab.xz holds one day)", err, trace.Source)
 	}
 	return tr, w, nil
 }

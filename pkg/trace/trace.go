@@ -16,9 +16,10 @@ import (
 	"github.com/devstatus/devstatus/events"
 )
 
-// DefaultPath is where the full Grid'5000 event table lives, relative to the
-// repository root (the shared data folder beside the repository). It is not
-// guaranteed to exist (CI may not have it): tests use [TestdataDay].
+// DefaultPath is where the full Grid'5000 event table is looked for when
+// $DEVSTATUS_TRACE is unset, relative to the repository root: a data folder
+// beside the checkout. Use [FullPath], which applies the setting; most tests
+// use the committed one-day excerpt ([TestdataDay]) instead.
 const DefaultPath = "../shared/data/traces/grid5000/event_trace.tab.xz"
 
 // Header is the column header line of the event table, written by
@@ -132,7 +133,7 @@ func Open(path string) (*Trace, error) {
 
 // Read parses an event table (uncompressed): an optional first line starting
 // with '#' (the header), then one row per line with 9 tab-separated columns
-// (values may be padded with spaces), as described in the traces README:
+// (values may be padded with spaces), the Failure Trace Archive format:
 // event_id component_id node_id platform_id node_name event_type
 // event_start_time event_stop_time event_end_reason. event_type is 1 (up) or
 // 0 (down); times are Unix seconds.

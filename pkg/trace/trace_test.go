@@ -130,18 +130,17 @@ func TestTestdataDayExcerpt(t *testing.T) {
 	}
 }
 
-// TestExcerptMatchesFullTrace checks, when the full trace is present (it is
-// not on CI), that the committed excerpt gives the same heartbeats as the
-// whole trace in the day, and that the whole trace has the README's outage
-// figures.
+// TestExcerptMatchesFullTrace checks, when the full trace is present
+// ([FullPath]: $DEVSTATUS_TRACE, by default beside the checkout, as on CI),
+// that the committed excerpt gives the same heartbeats as the whole trace in
+// the day, and that the whole trace has the README's outage figures.
 func TestExcerptMatchesFullTrace(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("-short or -race: the full trace takes seconds (half a minute under -race) to read")
 	}
-	_, file, _, _ := runtime.Caller(0)
-	full := filepath.Join(filepath.Dir(file), "..", "..", DefaultPath)
+	full := FullPath()
 	if _, err := os.Stat(full); err != nil {
-		t.Skipf("full trace not present (%v)", err)
+		t.Skipf("full trace not present (%v); it is %s", err, Source)
 	}
 	t.Parallel()
 	tr, err := Open(full)
@@ -177,5 +176,32 @@ func TestExcerptMatchesFullTrace(t *testing.T) {
 	sub := Window{From: w.From.Add(7 * time.Hour), To: w.From.Add(9*time.Hour + 17*time.Second)}
 	if !reflect.DeepEqual(ex.Heartbeats(sub, 0), tr.Heartbeats(sub, 0)) {
 		t.Fatal("excerpt heartbeats differ in a sub-window")
+	}
+}
+
+// TestFullPath checks how DEVSTATUS_TRACE is resolved: unset, the default
+// beside the repository root; relative, against the root; absolute, as is.
+func TestFullPath(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	t.Setenv(EnvPath, "")
+	if got, want := FullPath(), filepath.Join(root, DefaultPath); got != want {
+		t.Fatalf("unset: %q, want %q", got, want)
+	}
+	t.Setenv(EnvPath, "data/t.tab")
+	if got, want := FullPath(), filepath.Join(root, "data/t.tab"); got != want {
+		t.Fatalf("relative: %q, want %q", got, want)
+	}
+	abs := filepath.Join(t.TempDir(), "event_trace.tab.xz")
+	t.Setenv(EnvPath, abs)
+	if got := FullPath(); got != abs {
+		t.Fatalf("absolute: %q, want %q", got, abs)
+	}
+	// Outside the repository (no go.mod of ours above the working directory)
+	// the root still comes from where the package was built.
+	t.Chdir(t.TempDir())
+	t.Setenv(EnvPath, "")
+	if got, want := FullPath(), filepath.Join(root, DefaultPath); got != want {
+		t.Fatalf("outside the repository: %q, want %q", got, want)
 	}
 }
