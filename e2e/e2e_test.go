@@ -263,8 +263,8 @@ func countAll(m map[string][]time.Time) int {
 // each device's heartbeat receive times. A heartbeat stamped at t can reach
 // the log after a clock tick stamped later than t (the bridge stamped it,
 // then the tick was stored first); the worker then judges silence at the
-// tick's time, as design.md allows ("at worst →temporarily_offline then
-// →connected"). Devices where such an overtaking tick made a threshold
+// tick's time, which the rules allow (at worst →temporarily_offline then
+// →connected; docs/architecture.md, Contract). Devices where such an overtaking tick made a threshold
 // difference are returned as ambiguous: the oracle, which works on times
 // alone, cannot speak for them.
 func recordedHeartbeats(t *testing.T, b *bus.Bus, th statemachine.Thresholds) (hbs map[string][]time.Time, ambiguous map[string]bool, overtaken int) {

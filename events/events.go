@@ -37,7 +37,8 @@ const (
 // Status is a device's connectivity status, as on the wire and in Postgres.
 type Status string
 
-// The statuses (design.md, "Names that scripts and dashboards rely on").
+// The statuses: these names are part of the API (docs/architecture.md,
+// Contract); scripts and dashboards rely on them.
 const (
 	StatusRegistered         Status = "registered"
 	StatusConnected          Status = "connected"

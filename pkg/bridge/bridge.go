@@ -26,7 +26,7 @@ var ErrInvalidConfig = errors.New("bridge: invalid config")
 // heartbeats.
 var ErrNotReady = errors.New("bridge: not ready")
 
-// Defaults (design.md flag table).
+// Defaults (the flag table of README.md, Configuration).
 const (
 	DefaultHeartbeatInterval = 30 * time.Second
 	DefaultRateMinInterval   = 10 * time.Second

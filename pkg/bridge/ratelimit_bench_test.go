@@ -19,8 +19,8 @@ import (
 	"github.com/devstatus/devstatus/pkg/bus"
 )
 
-// benchDevices is the fleet of the limiter benchmarks (design.md: 1 000 000
-// devices per node).
+// benchDevices is the fleet of the limiter benchmarks (the scale target:
+// 1 000 000 devices per node).
 const benchDevices = 1_000_000
 
 var (

@@ -48,7 +48,7 @@ type Config struct {
 	// connection uses it too. Empty: no authentication (tests).
 	ListenToken string
 	// SyncAlways makes the embedded server fsync before every PubAck
-	// (design.md --sync always). Default false: the server's periodic fsync.
+	// (--sync always). Default false: the server's periodic fsync.
 	SyncAlways bool
 	// Partitions is the input partition count used when the input stream is
 	// first created. An existing stream keeps the count recorded in its

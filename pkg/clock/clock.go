@@ -18,7 +18,7 @@ type Clock interface {
 // construction, and then advances with the monotonic clock. A wall-clock step
 // on the host (NTP correction, an operator's date command, a VM resume) does
 // not move it, so event times from one process never go backwards and never
-// jump (facts.md: Kubernetes measures silence with the observer's clock). It
+// jump (as Kubernetes does, silence is measured with the observer's clock). It
 // drifts from the wall clock by the host's clock error over the process life,
 // which NTP keeps to milliseconds per day.
 type Monotonic struct {

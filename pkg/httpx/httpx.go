@@ -1,5 +1,5 @@
 // Package httpx holds the HTTP conventions every devstatus endpoint shares:
-// the JSON error body of design.md ({"error": {"code", "message"}}), JSON
+// the JSON error body ({"error": {"code", "message"}}), JSON
 // responses, and bearer-token extraction and comparison.
 //
 // It must not know about devices, events or the bus.

@@ -45,9 +45,9 @@ type CacheConfig struct {
 	Logger *slog.Logger
 }
 
-// Cache is a per-device read cache in front of a [Reader] (design.md: reads
-// go through a per-device cache invalidated by that device's transitions
-// only, never a global flush). Only Device reads are cached; List,
+// Cache is a per-device read cache in front of a [Reader]: reads go through
+// a per-device cache invalidated by that device's transitions only, never a
+// global flush. Only Device reads are cached; List,
 // Transitions and Summary go to the store.
 //
 // Invalidation is by sequence: each transition of device D with stream

@@ -1,5 +1,5 @@
 // Package readapi serves the read side of devstatus over HTTP, as JSON in the
-// shapes of design.md ("Names that scripts and dashboards rely on"):
+// shapes the API promises (docs/architecture.md, Contract):
 //
 //	GET /v1/devices/{id}                    one device, with its latest metrics
 //	GET /v1/devices?status=&group=&prefix=&stale_for=&sort=&limit=&cursor=

@@ -141,8 +141,8 @@ func (a *API) Handler() http.Handler {
 
 // DeviceJSON is a device on the wire (GET /v1/devices/{id} and the items
 // of GET /v1/devices). Times are RFC 3339 UTC; null means never. The keys of
-// design.md come first; reason_code, gateway and registered_at are
-// additions.
+// the contract (docs/architecture.md) come first; reason_code, gateway and
+// registered_at are additions.
 type DeviceJSON struct {
 	ID                   string          `json:"id"`
 	Group                string          `json:"group"`

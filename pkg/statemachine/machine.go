@@ -1,6 +1,7 @@
 // Package statemachine decides device connectivity: it applies one input
 // (heartbeat, ping result, clock tick) to one device's compact state and
-// returns the transitions it causes, by the rules of design.md.
+// returns the transitions it causes, by the rules of README.md ("The rules")
+// and docs/architecture.md (Contract).
 //
 // It is deterministic: it never reads the clock (time arrives inside the
 // inputs) and holds no per-device goroutines, timers or locks. One [Machine]
@@ -27,7 +28,7 @@ import (
 // ErrInvalidThresholds wraps every threshold validation error.
 var ErrInvalidThresholds = errors.New("statemachine: invalid thresholds")
 
-// Thresholds are the timing rules of design.md's state-machine table.
+// Thresholds are the timing rules of the state machine.
 type Thresholds struct {
 	// OfflineAfter: a connected device whose silence (time since its last
 	// heartbeat) exceeds this becomes temporarily_offline. Default 40s.
@@ -40,7 +41,7 @@ type Thresholds struct {
 	PingIgnoreWithin time.Duration
 }
 
-// DefaultThresholds are design.md's defaults.
+// DefaultThresholds are the defaults: 40s, 300s, 30s.
 var DefaultThresholds = Thresholds{OfflineAfter: 40 * time.Second, DisconnectAfter: 300 * time.Second, PingIgnoreWithin: 30 * time.Second}
 
 // Validate refuses a set that cannot work: non-positive durations,
@@ -273,8 +274,7 @@ func (m *Machine) timeouts(ctx context.Context, d *Device, th Thresholds, now, o
 }
 
 // Apply applies one input to one device, appends the transitions it causes
-// to out (in the order they took effect) and returns it. The rules
-// (design.md):
+// to out (in the order they took effect) and returns it. The rules:
 //
 //   - Heartbeat at t newer than the last one: first any timeout that was
 //     already due at t (so history does not depend on tick placement), then

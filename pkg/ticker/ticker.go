@@ -1,6 +1,6 @@
 // Package ticker publishes clock events: every period, one tick per input
 // partition, stamped with the tick time. Ticks are how time reaches the
-// partition workers (design.md: "time is an input"), so timeouts are
+// partition workers (time is an input, never read from a clock), so timeouts are
 // detected within one period and replaying the log reproduces them.
 //
 // Several ticker instances may run: a tick's Nats-Msg-Id is derived from its
@@ -30,7 +30,7 @@ var ErrInvalidConfig = errors.New("ticker: invalid config")
 type Config struct {
 	// Bus is the open JetStream connection (required).
 	Bus *bus.Bus
-	// Period between ticks (design.md --tick). Default 1s; at least 1ms.
+	// Period between ticks (--tick). Default 1s; at least 1ms.
 	Period time.Duration
 	// Clock stamps ticks. Default clock.NewMonotonic() (immune to wall-clock steps).
 	Clock clock.Clock

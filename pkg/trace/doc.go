@@ -1,5 +1,5 @@
 // Package trace turns a real availability trace (the Grid'5000 trace of the
-// Failure Trace Archive, see ../shared/data/traces/README.md) into test input
+// Failure Trace Archive, set g5k06; see testdata/README.md) into test input
 // for devstatus and predicts what the service must answer.
 //
 // It does four things:
@@ -11,7 +11,7 @@
 //     would have sent in a window of trace time: at s, s+30 s, s+60 s, … for
 //     each up interval [s, e), keeping those < e and inside [From, To).
 //   - [Expect] is the oracle: from a device's heartbeat times and an end time
-//     it derives, by the state-machine rules of design.md, the transitions the
+//     it derives, by the state-machine rules, the transitions the
 //     service must record and the device's final status.
 //   - [Import] is a trusted virtual-time importer: it publishes the window's
 //     registrations, heartbeats and clock ticks straight to the input stream,

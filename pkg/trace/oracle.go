@@ -21,7 +21,7 @@ type Thresholds struct {
 	DisconnectAfter time.Duration
 }
 
-// DefaultThresholds are design.md's defaults: 40 s and 300 s.
+// DefaultThresholds are the service's defaults: 40 s and 300 s.
 func DefaultThresholds() Thresholds {
 	return Thresholds{OfflineAfter: 40 * time.Second, DisconnectAfter: 300 * time.Second}
 }
@@ -114,7 +114,7 @@ var ErrBadSchedule = errors.New("trace: bad heartbeat schedule")
 // Expect is the oracle. Given a device's heartbeat times (strictly
 // increasing, observer's time) and the end of the replay (the last clock tick,
 // ≥ the last heartbeat), it returns the transitions the state machine must
-// emit and the final status, by the rules of design.md:
+// emit and the final status, by the state machine's rules:
 //
 //   - the device is registered until its first heartbeat, and a registered
 //     device never times out; the first heartbeat moves it to connected

@@ -8,7 +8,7 @@ import (
 )
 
 // HeartbeatInterval is the period at which a trace node that is up sends
-// heartbeats (the traces README and design.md: 30 s).
+// heartbeats (30 s, the service's default heartbeat interval).
 const HeartbeatInterval = 30 * time.Second
 
 // ErrInvalidWindow is wrapped by [Window.Validate] errors.

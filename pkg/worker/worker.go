@@ -48,8 +48,8 @@ var ErrFenced = errors.New("worker: fenced: another worker owns the partition")
 type Config struct {
 	// Bus is the open JetStream connection (required).
 	Bus *bus.Bus
-	// Thresholds are the state machine's timing rules (default: design.md's
-	// 40s / 300s / 30s for every group).
+	// Thresholds are the state machine's timing rules (default: 40s / 300s /
+	// 30s for every group).
 	Thresholds Thresholds
 	// Probing schedules probe requests for silent devices (defaults: first
 	// at last heartbeat + 35s, backing off up to 5 min; After < 0 disables).
