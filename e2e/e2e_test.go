@@ -392,14 +392,14 @@ func TestDeviceIDsEndToEnd(t *testing.T) {
 	// Refused ids publish nothing.
 	before := streamMsgs(t, svc)
 	for _, id := range []string{strings.Repeat("x", 129), "a\x00b", "tab\tid", "bad\xffutf8", "nl\n"} {
-		req, _ := http.NewRequest("POST", "http://"+svc.Addr()+apiclient.DevicePath(id)+"/heartbeat", nil)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+svc.Addr()+apiclient.DevicePath(id)+"/heartbeat", nil)
 		req.Header.Set("Authorization", "Bearer "+tokens["A"])
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if resp.StatusCode != 400 {
+		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("id %q: status %d, want 400", id, resp.StatusCode)
 		}
 	}

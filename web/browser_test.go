@@ -262,7 +262,7 @@ func TestDashboardInChromium(t *testing.T) {
 		_ = json.NewDecoder(resp.Body).Decode(&out)
 		resp.Body.Close()
 		loc := resp.Header.Get("Location")
-		if resp.StatusCode != 201 || loc != "/v1/devices/~?id="+url.QueryEscape(id) {
+		if resp.StatusCode != http.StatusCreated || loc != "/v1/devices/~?id="+url.QueryEscape(id) {
 			t.Fatalf("register %q: %d %v, Location %q", id, resp.StatusCode, out, loc)
 		}
 		setToken(id, out["token"].(string))
@@ -281,10 +281,10 @@ func TestDashboardInChromium(t *testing.T) {
 			var dev map[string]any
 			_ = json.NewDecoder(resp.Body).Decode(&dev)
 			resp.Body.Close()
-			if resp.StatusCode == 200 && dev["id"] == id {
+			if resp.StatusCode == http.StatusOK && dev["id"] == id {
 				break
 			}
-			if resp.StatusCode != 404 || time.Now().After(deadline) {
+			if resp.StatusCode != http.StatusNotFound || time.Now().After(deadline) {
 				t.Fatalf("GET the Location of %q: %d %v", id, resp.StatusCode, dev)
 			}
 		}

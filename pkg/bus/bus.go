@@ -445,7 +445,8 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	}
 	if opts.Port > 0 {
 		// nats-server only logs a failed listen and never becomes ready: say why.
-		ln, err := net.Listen("tcp", net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)))
+		var lc net.ListenConfig // a local bind: nothing to cancel
+		ln, err := lc.Listen(context.Background(), "tcp", net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)))
 		if err != nil {
 			return nil, fmt.Errorf("bus: cannot accept NATS clients on %s: %w (another devstatus or nats-server? change --nats-listen, or set it empty for in-process only)", cfg.ListenAddr, err)
 		}

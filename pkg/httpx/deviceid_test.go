@@ -120,7 +120,7 @@ func TestDevicePathRoundTrip(t *testing.T) {
 		}
 		got = ""
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "http://x"+p, nil))
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://x"+p, nil))
 		if rec.Code != 200 || got != id {
 			t.Errorf("GET %s: %d, id %q, want %q", p, rec.Code, got, id)
 		}

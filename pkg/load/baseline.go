@@ -54,7 +54,8 @@ func BaselineHandler() http.Handler {
 // ServeBaseline serves [BaselineHandler] on addr until ctx ends. It writes
 // "listening <host:port>" to out once it accepts connections.
 func ServeBaseline(ctx context.Context, addr string, out io.Writer) error {
-	ln, err := net.Listen("tcp", addr)
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}

@@ -325,8 +325,6 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 func (r *loadRun) setPhase(name string) { r.phaseName.Store(&name) }
 
-func (r *loadRun) since() float64 { return time.Since(r.start).Seconds() }
-
 // scrapeAll reads every metrics page once.
 func (r *loadRun) scrapeAll(ctx context.Context) map[string]promSample {
 	out := map[string]promSample{}
@@ -616,12 +614,11 @@ func (r *loadRun) metricsURL(name string) string {
 
 // phaseStats counts one phase's requests.
 type phaseStats struct {
-	hist                           hist
-	requests, r429, r503, failed   atomic.Int64
-	maxLate                        atomic.Int64 // ns
-	firstErrMu                     sync.Mutex
-	firstErr                       error
-	itemsAccepted, itemsRateLimits atomic.Int64
+	hist                         hist
+	requests, r429, r503, failed atomic.Int64
+	maxLate                      atomic.Int64 // ns
+	firstErrMu                   sync.Mutex
+	firstErr                     error
 }
 
 func (ps *phaseStats) fail(err error) {

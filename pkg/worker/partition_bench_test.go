@@ -18,9 +18,9 @@ func fleetPartition(b *testing.B, devices int) *partition {
 	for i := range devices {
 		id := fmt.Sprintf("ld-1a2b3c4d-g%d-%d", i/1000, i%1000)
 		seq++
-		s.apply(seq, &events.Input{Type: events.TypeDeviceRegistered, Device: id, At: t0}, nil)
+		mustApply(b, s, seq, &events.Input{Type: events.TypeDeviceRegistered, Device: id, At: t0})
 		seq++
-		s.apply(seq, &events.Input{Type: events.TypeHeartbeat, Device: id, At: t0.Add(time.Duration(i) * time.Microsecond)}, nil)
+		mustApply(b, s, seq, &events.Input{Type: events.TypeHeartbeat, Device: id, At: t0.Add(time.Duration(i) * time.Microsecond)})
 	}
 	return s
 }

@@ -225,21 +225,32 @@ func TestScenarioRestart(t *testing.T) {
 	}
 }
 
+// mustApply applies in to s at sequence seq, failing the test or benchmark on
+// an error, and returns the transitions it caused.
+func mustApply(tb testing.TB, s *partition, seq uint64, in *events.Input) []events.StatusChanged {
+	tb.Helper()
+	out, _, err := s.apply(seq, in, nil)
+	if err != nil {
+		tb.Fatalf("apply seq %d (%s %q): %v", seq, in.Type, in.Device, err)
+	}
+	return out
+}
+
 func TestUnknownDeviceAndDecommission(t *testing.T) {
 	s := newPartition(0, 1, testThresholds, Probing{})
 	_, res, _ := s.apply(1, &events.Input{Type: events.TypeHeartbeat, Device: "ghost", At: t0}, nil)
 	if res.Ignored != "unknown_device" {
 		t.Fatalf("res %+v", res)
 	}
-	s.apply(2, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0}, nil)
-	s.apply(3, &events.Input{Type: events.TypeHeartbeat, Device: "A", At: t0}, nil)
-	s.apply(4, &events.Input{Type: events.TypeDeviceDecommissioned, Device: "A", At: t0}, nil)
+	mustApply(t, s, 2, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0})
+	mustApply(t, s, 3, &events.Input{Type: events.TypeHeartbeat, Device: "A", At: t0})
+	mustApply(t, s, 4, &events.Input{Type: events.TypeDeviceDecommissioned, Device: "A", At: t0})
 	out, _, _ := s.apply(5, &events.Input{Type: events.TypeTick, At: t0.Add(time.Hour)}, nil)
 	if len(out) != 0 || len(s.index) != 0 {
 		t.Fatalf("decommissioned device still tracked: %v", out)
 	}
 	// Re-registration starts over.
-	s.apply(6, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0.Add(2 * time.Hour)}, nil)
+	mustApply(t, s, 6, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0.Add(2 * time.Hour)})
 	if c := s.counts(); c[statemachine.Registered] != 1 {
 		t.Fatalf("counts %v", c)
 	}
@@ -253,7 +264,7 @@ func BenchmarkPartitionHeartbeats(b *testing.B) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("device-%06d", i)
 		seq++
-		s.apply(seq, &events.Input{Type: events.TypeDeviceRegistered, Device: ids[i], At: t0}, nil)
+		mustApply(b, s, seq, &events.Input{Type: events.TypeDeviceRegistered, Device: ids[i], At: t0})
 	}
 	in := &events.Input{Type: events.TypeHeartbeat}
 	var out []events.StatusChanged

@@ -54,7 +54,9 @@ func TestTransitionBurstAndReRegistration(t *testing.T) {
 	p.publish(&events.Input{Type: events.TypeDeviceDecommissioned, Device: "dev-007", At: t0.Add(60 * time.Second)})
 	p.register("dev-007", "", t0.Add(61*time.Second))
 	p.heartbeat("dev-007", t0.Add(62*time.Second))
-	got = transitions(t, b, 3*n+1)
+	if got := transitions(t, b, 3*n+1); len(got) != 3*n+1 {
+		t.Fatalf("%d transitions before the restart, want %d", len(got), 3*n+1)
+	}
 	stop()
 	stop = startWorker(t, b, "w2", 3*time.Second)
 	defer stop()
@@ -80,7 +82,7 @@ func TestTransitionBurstAndReRegistration(t *testing.T) {
 // still used: the devices' sequences are read from the stream when needed.
 func TestSnapshotVersion2(t *testing.T) {
 	s := newPartition(0, 1, testThresholds, Probing{})
-	s.apply(1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0}, nil)
+	mustApply(t, s, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0})
 	sn := s.takeSnapshot()
 	sn.Version, sn.TrSeqs, sn.Retired, sn.TrFresh = 2, nil, nil, false
 	data, err := encodeSnapshot(sn)
@@ -98,7 +100,7 @@ func TestSnapshotVersion2(t *testing.T) {
 	if r.trSeq[r.index["A"]] != trSeqUnknown || r.trFresh {
 		t.Fatalf("restored v2: trSeq %d fresh %v", r.trSeq[r.index["A"]], r.trFresh)
 	}
-	r.apply(2, &events.Input{Type: events.TypeDeviceRegistered, Device: "B", At: t0}, nil)
+	mustApply(t, r, 2, &events.Input{Type: events.TypeDeviceRegistered, Device: "B", At: t0})
 	if r.trSeq[r.index["B"]] != trSeqUnknown {
 		t.Fatal("a device first seen after a v2 restore has a known sequence")
 	}

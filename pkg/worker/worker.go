@@ -619,7 +619,7 @@ func (o *publisher) flush(ctx context.Context) error {
 				// another worker running the same log, fails here too: that
 				// is not a fence if the device's last transition is this one.
 				if seq, ok := o.alreadyStored(ctx, it); ok {
-					ack, err = &jetstream.PubAck{Stream: events.TransitionStream, Sequence: seq, Duplicate: true}, nil
+					ack = &jetstream.PubAck{Stream: events.TransitionStream, Sequence: seq, Duplicate: true}
 					break
 				}
 				return keep(fmt.Errorf("%w (partition %d, device %q, expected last seq %d): %v", ErrFenced, o.p, it.sc.Device, it.exp, err))

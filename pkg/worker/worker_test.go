@@ -170,7 +170,7 @@ func TestPublisherFenced(t *testing.T) {
 	ctx := context.Background()
 	mk := func() *publisher {
 		st := newPartition(0, 1, testThresholds, Probing{})
-		st.apply(1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()}, nil)
+		mustApply(t, st, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()})
 		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil), st: st}
 		if err := o.init(ctx); err != nil {
 			t.Fatal(err)
@@ -326,7 +326,7 @@ func TestPublisherSameTransitionTwiceIsNotAFence(t *testing.T) {
 	ctx := context.Background()
 	mk := func() *publisher {
 		st := newPartition(0, 1, testThresholds, Probing{})
-		st.apply(1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()}, nil)
+		mustApply(t, st, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()})
 		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil), st: st}
 		if err := o.init(ctx); err != nil {
 			t.Fatal(err)

@@ -3,6 +3,7 @@ package rawhttp
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -82,7 +83,8 @@ func (rc *Conn) Close() {
 // connection; a malformed answer wraps [ErrBadResponse].
 func (rc *Conn) Do(method, path, token string, body []byte) (Response, error) {
 	if rc.c == nil {
-		c, err := net.DialTimeout("tcp", rc.addr, rc.timeout)
+		d := net.Dialer{Timeout: rc.timeout} // do has no context: the timeout bounds the dial
+		c, err := d.DialContext(context.Background(), "tcp", rc.addr)
 		if err != nil {
 			return Response{}, err
 		}
