@@ -18,11 +18,12 @@ BENCH         ?= BenchmarkApply|BenchmarkPartition|BenchmarkSnapshotRestore|Benc
 BENCH_PKGS    ?= ./events ./pkg/statemachine ./pkg/worker ./pkg/bridge ./projections
 BENCH_TIME    ?= 300ms
 BENCH_E2E     ?= 1
-# golangci-lint, pinned, built from the Go module proxy on first use (about a minute, then cached).
-# GOLANGCI=0 skips it (gofmt + go vet only).
+# golangci-lint, pinned: built once from the Go module proxy (go install, about a minute) into
+# GOLANGCI_LINT_BIN, named with its version and shared by every checkout on the machine, then reused.
+# GOLANGCI=0 skips it (gofmt + go vet only); GOLANGCI_LINT_BIN=/path uses a binary of your own.
 GOLANGCI              ?= 1
 GOLANGCI_LINT_VERSION ?= v2.15.0
-GOLANGCI_LINT         ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+GOLANGCI_LINT_BIN     ?= $(firstword $(subst :, ,$(shell $(GO) env GOPATH)))/bin/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 # Go files of the repository: tracked and new-but-not-ignored (skips ./data, ./.pgdata, ./bin).
 GO_FILES = git ls-files -co --exclude-standard -- '*.go' | while IFS= read -r f; do [ -f "$$f" ] && printf '%s\n' "$$f"; done
@@ -83,12 +84,21 @@ bench-profile: ## the short load run on a profiling build: CPU, allocation and m
 fuzz: ## run each Fuzz* target for FUZZTIME (go test -fuzz takes one target of one package at a time)
 	deploy/with-pg.sh --test scripts/fuzz.sh $(FUZZTIME)
 
-lint: ## gofmt check, go vet, golangci-lint (config scripts/golangci.yml)
+lint: $(if $(filter 0,$(GOLANGCI)),,$(GOLANGCI_LINT_BIN)) ## gofmt check, go vet, golangci-lint (config .golangci.yml)
 	@echo "gofmt -l"; out=$$($(GO_FILES) | xargs -r gofmt -l); if [ -n "$$out" ]; then echo "not gofmt'ed (run make fmt):"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 ifneq ($(GOLANGCI),0)
-	$(GOLANGCI_LINT) run --config scripts/golangci.yml $(PKGS)
+	$(GOLANGCI_LINT_BIN) run --config .golangci.yml $(PKGS)
 endif
+
+# The pinned golangci-lint, built into a temporary name and renamed, so that two checkouts
+# building it at once never run a half-written binary.
+$(GOLANGCI_LINT_BIN):
+	@echo "building golangci-lint $(GOLANGCI_LINT_VERSION) into $@ (once)"
+	@mkdir -p "$(@D)"
+	@tmp=$$(mktemp -d "$(@D)/.golangci-lint.XXXXXX") && \
+	GOBIN="$$tmp" $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) && \
+	mv -f "$$tmp/golangci-lint" "$@"; rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 fmt: ## gofmt -w every Go file
 	@$(GO_FILES) | xargs -r gofmt -l -w
