@@ -592,7 +592,7 @@ func (s *scanner) jsonString() bool {
 					return false
 				}
 				for _, h := range s.b[s.i+1 : s.i+5] {
-					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
+					if (h < '0' || h > '9') && (h < 'a' || h > 'f') && (h < 'A' || h > 'F') {
 						return false
 					}
 				}

@@ -238,7 +238,7 @@ func TestBaselineAnswersLikeAHeartbeat(t *testing.T) {
 			Error    struct{ Code string }
 		}
 		_ = json.NewDecoder(resp.Body).Decode(&out)
-		if resp.StatusCode == 200 && (out.Status != "connected" || out.Interval != 30) || resp.StatusCode != 200 && out.Error.Code == "" {
+		if resp.StatusCode == http.StatusOK && (out.Status != "connected" || out.Interval != 30) || resp.StatusCode != http.StatusOK && out.Error.Code == "" {
 			t.Errorf("HTTP %d: %+v", resp.StatusCode, out)
 		}
 		return resp.StatusCode

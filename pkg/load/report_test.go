@@ -3,6 +3,7 @@ package load
 import (
 	"encoding/json"
 	"encoding/xml"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -128,7 +129,7 @@ func TestSVGIsWellFormedAndDrawsEveryPanel(t *testing.T) {
 	var texts []string
 	for {
 		tok, err := d.Token()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -46,6 +46,14 @@ func histValue(i int) time.Duration {
 
 func (h *hist) add(d time.Duration) { h.n[histBucket(d)].Add(1) }
 
+func (h *hist) merge(o *hist) {
+	for i := range h.n {
+		if v := o.n[i].Load(); v != 0 {
+			h.n[i].Add(v)
+		}
+	}
+}
+
 func (h *hist) count() uint64 {
 	var c uint64
 	for i := range h.n {

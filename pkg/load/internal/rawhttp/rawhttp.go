@@ -37,10 +37,10 @@ type Conn struct {
 	body    []byte
 }
 
-// ErrInvalidURL: the base URL is not http://host[:port].
+// ErrInvalidURL means the base URL is not http://host[:port].
 var ErrInvalidURL = errors.New("rawhttp: the URL must be http://host[:port] (no TLS)")
 
-// ErrBadResponse: the answer is not HTTP/1.x as this client reads it.
+// ErrBadResponse means the answer is not HTTP/1.x as this client reads it.
 var ErrBadResponse = errors.New("rawhttp: malformed HTTP answer")
 
 // New returns a connection to base ("http://host[:port]", port 80 by
@@ -83,7 +83,7 @@ func (rc *Conn) Close() {
 // connection; a malformed answer wraps [ErrBadResponse].
 func (rc *Conn) Do(method, path, token string, body []byte) (Response, error) {
 	if rc.c == nil {
-		d := net.Dialer{Timeout: rc.timeout} // do has no context: the timeout bounds the dial
+		d := net.Dialer{Timeout: rc.timeout} // Do has no context: the timeout bounds the dial
 		c, err := d.DialContext(context.Background(), "tcp", rc.addr)
 		if err != nil {
 			return Response{}, err
