@@ -17,8 +17,8 @@ import (
 	"github.com/devstatus/devstatus/internal/backoff"
 )
 
-// ErrStopFollowing, returned (or wrapped) by a handler or by
-// FollowConfig.Resume, ends [Follower.Run] with nil. A handler that returns
+// ErrStopFollowing is returned (or wrapped) by a handler or by
+// FollowConfig.Resume to end [Follower.Run] with nil. A handler that returns
 // it has handled its message or batch.
 var ErrStopFollowing = errors.New("bus: stop following")
 

@@ -164,7 +164,7 @@ func (r *Registry) Rekey(ctx context.Context, id string) (string, error) {
 // never contain a '.'), so the registry's KV watch invalidates their cached
 // entries like the devices'; look-ups go through the same bounded cache.
 
-// ErrGatewayExists: RegisterGateway for an id that is registered.
+// ErrGatewayExists is returned by RegisterGateway for an id that is registered.
 var ErrGatewayExists = errors.New("registry: gateway already registered")
 
 // gatewayKeyPrefix starts the KV key of a gateway.
