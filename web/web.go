@@ -87,7 +87,9 @@ func Handler() http.Handler {
 }
 
 // Routes registers the dashboard on mux: PatternIndex and PatternAssets.
-func Routes(mux *http.ServeMux) {
+//
+// mux is an *http.ServeMux or an httpx.RecordingMux.
+func Routes(mux interface{ Handle(string, http.Handler) }) {
 	h := Handler()
 	mux.Handle(PatternIndex, h)
 	mux.Handle(PatternAssets, h)

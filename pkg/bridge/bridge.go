@@ -59,6 +59,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// AdminToken authorises the admin endpoints (bearer). Required.
 	AdminToken string
+	// Auth tells the role of an admin or viewer bearer token (see
+	// pkg/tokens). Default httpx.StaticToken(AdminToken): the admin token
+	// only. Changes need RoleAdmin, reads (GET) RoleViewer.
+	Auth httpx.Authorizer
 	// PingToken authorises POST /v1/devices/{id}/ping (bearer). Required.
 	PingToken string
 	// HeartbeatInterval is told to devices (heartbeat_interval_s). Default 30s;
@@ -239,21 +243,31 @@ const (
 
 // Routes registers the bridge's endpoints on mux. The server must wrap the
 // mux with httpx.DeviceIDs so that every device id routes.
-func (b *Bridge) Routes(mux *http.ServeMux) {
+func (b *Bridge) Routes(mux httpx.Mux) {
 	mux.HandleFunc(PatternHeartbeat, b.m.instrument("heartbeat", b.m.heartbeats, b.handleHeartbeat))
 	mux.HandleFunc(PatternPing, b.m.instrument("ping", b.m.pings, b.handlePing))
 	mux.HandleFunc(PatternPings, b.m.instrument("pings", nil, b.handlePings))
 	mux.HandleFunc(PatternGatewayHeartbeats, b.m.instrument("gateway_heartbeats", nil, b.handleGatewayHeartbeats))
-	admin := func(route string, h http.HandlerFunc) http.HandlerFunc {
-		return b.m.instrument(route, nil, httpx.RequireBearer(b.cfg.AdminToken, h).ServeHTTP)
+	auth := b.cfg.Auth
+	if auth == nil {
+		auth = httpx.StaticToken(b.cfg.AdminToken)
 	}
+	guard := func(need httpx.Role) func(string, http.HandlerFunc) http.HandlerFunc {
+		return func(route string, h http.HandlerFunc) http.HandlerFunc {
+			return b.m.instrument(route, nil, httpx.RequireRole(auth, need, h).ServeHTTP)
+		}
+	}
+	admin, viewer := guard(httpx.RoleAdmin), guard(httpx.RoleViewer)
 	mux.HandleFunc(PatternRegister, admin("register", b.handleRegister))
 	mux.HandleFunc(PatternGatewayRegister, admin("register_gateway", b.handleGatewayRegister))
 	mux.HandleFunc(PatternPatch, admin("patch", b.handlePatch))
 	mux.HandleFunc(PatternDelete, admin("decommission", b.handleDecommission))
 	mux.HandleFunc(PatternReconnect, admin("reconnect", b.handleReconnect))
 	mux.HandleFunc(PatternRekey, admin("rekey", b.handleRekey))
-	mux.HandleFunc(PatternEvents, admin("events", b.handleEvents))
+	mux.HandleFunc(PatternEvents, viewer("events", b.handleEvents))
+	mux.HandleFunc(PatternGatewayList, viewer("list_gateways", b.handleGatewayList))
+	mux.HandleFunc(PatternGatewayRekey, admin("rekey_gateway", b.handleGatewayRekey))
+	mux.HandleFunc(PatternGatewayDelete, admin("delete_gateway", b.handleGatewayDelete))
 }
 
 // Ready reports whether the bridge can accept heartbeats: NATS is connected

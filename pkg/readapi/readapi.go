@@ -55,8 +55,12 @@ type Reader interface {
 type Config struct {
 	// Store answers the queries. Required.
 	Store Reader
-	// AdminToken is the bearer token every route requires. Required.
+	// AdminToken is the bootstrap admin token. Required.
 	AdminToken string
+	// Auth tells the role of a bearer token (see pkg/tokens); every route
+	// here is a read and needs httpx.RoleViewer. Default
+	// httpx.StaticToken(AdminToken): the admin token only.
+	Auth httpx.Authorizer
 	// Logger receives internal errors. Default slog.Default().
 	Logger *slog.Logger
 	// Clock is "now" for the stale_for filter. Default clock.NewMonotonic().
@@ -104,6 +108,9 @@ func New(cfg Config) (*API, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
+	if cfg.Auth == nil {
+		cfg.Auth = httpx.StaticToken(cfg.AdminToken)
+	}
 	m, err := newAPIMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("readapi: metrics: %w", err)
@@ -113,14 +120,15 @@ func New(cfg Config) (*API, error) {
 	return a, nil
 }
 
-// Routes registers every Pattern* on mux, each behind the admin token: the
-// bearer header, and for PatternStream also the access_token query parameter
-// or the devstatus_token cookie (see [API.handleStream]). The server must wrap
+// Routes registers every Pattern* on mux, each behind a viewer (or admin)
+// token of Config.Auth: the bearer header, and for PatternStream also the
+// access_token query parameter or the devstatus_token cookie (see
+// [API.handleStream]). The server must wrap
 // mux with httpx.DeviceIDs (ids with "/", ".", ".." …); without it ids still
 // work when they need no path cleaning.
-func (a *API) Routes(mux *http.ServeMux) {
+func (a *API) Routes(mux httpx.Mux) {
 	auth := func(route string, h http.HandlerFunc) http.Handler {
-		return a.m.instrument(route, httpx.RequireBearer(a.cfg.AdminToken, h))
+		return a.m.instrument(route, httpx.RequireRole(a.cfg.Auth, httpx.RoleViewer, h))
 	}
 	mux.Handle(PatternList, auth("list", a.handleList))
 	mux.Handle(PatternDevice, auth("device", a.handleDevice))

@@ -140,8 +140,9 @@ func (s *streams) watchServer(r *http.Request) {
 // another instance) with Last-Event-ID and miss nothing.
 func (a *API) CloseStreams() { a.streams.close() }
 
-// requireStreamToken accepts the admin token as a bearer header, as the
-// access_token query parameter, or as the devstatus_token cookie.
+// requireStreamToken accepts a viewer or admin token (Config.Auth) as a
+// bearer header, as the access_token query parameter, or as the
+// devstatus_token cookie.
 func (a *API) requireStreamToken(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok := httpx.BearerToken(r)
@@ -153,12 +154,9 @@ func (a *API) requireStreamToken(h http.Handler) http.Handler {
 				tok, _ = url.QueryUnescape(c.Value)
 			}
 		}
-		if tok == "" || !httpx.TokenEqual(tok, a.cfg.AdminToken) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="devstatus"`)
-			httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, "missing or wrong admin token (Authorization: Bearer, access_token or the devstatus_token cookie)")
-			return
+		if httpx.CheckRole(w, r, a.cfg.Auth, httpx.RoleViewer, tok) {
+			h.ServeHTTP(w, r)
 		}
-		h.ServeHTTP(w, r)
 	})
 }
 
