@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"net/http"
 	"sync"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/devstatus/devstatus/pkg/readapi"
 	"github.com/devstatus/devstatus/projections"
 	"github.com/devstatus/devstatus/web"
@@ -19,7 +19,7 @@ import (
 // device's own transitions invalidate), the live stream GET /v1/stream, the
 // web dashboard at GET / and the read side's metrics: the cache's counters
 // and devstatus_devices{status}.
-func (s *Service) startAPI(db *sqlx.DB, mux *http.ServeMux) error {
+func (s *Service) startAPI(db *sqlx.DB, mux *httpx.RecordingMux) error {
 	store := projections.NewStore(db)
 	cache, err := readapi.NewCache(readapi.CacheConfig{Store: store, JetStream: s.Bus.JS, Logger: s.log})
 	if err != nil {
@@ -34,7 +34,7 @@ func (s *Service) startAPI(db *sqlx.DB, mux *http.ServeMux) error {
 		return err
 	}
 	s.run(s.runCtx, RoleAPI, cache.Run)
-	api, err := readapi.New(readapi.Config{Store: cache, AdminToken: s.cfg.AdminToken, Logger: s.log, Clock: s.cfg.Clock,
+	api, err := readapi.New(readapi.Config{Store: cache, AdminToken: s.cfg.AdminToken, Auth: s.Tokens, Logger: s.log, Clock: s.cfg.Clock,
 		Registerer: s.reg, Stream: readapi.StreamConfig{JetStream: s.Bus.JS}})
 	if err != nil {
 		return err

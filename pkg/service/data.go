@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -12,7 +11,9 @@ import (
 
 	"github.com/devstatus/devstatus/pkg/bridge"
 	"github.com/devstatus/devstatus/pkg/bus"
+	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/devstatus/devstatus/pkg/registry"
+	"github.com/devstatus/devstatus/pkg/tokens"
 	"github.com/devstatus/devstatus/projections"
 )
 
@@ -45,8 +46,17 @@ func openDB(ctx context.Context, url string, log *slog.Logger) (*sqlx.DB, error)
 
 // startDataRoles starts the roles that need Postgres or the registry
 // (bridge, projector, read API).
-func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *http.ServeMux) error {
+func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *httpx.RecordingMux) error {
 	cfg := s.cfg
+	if cfg.Has(RoleBridge) || cfg.Has(RoleAPI) {
+		ts, err := tokens.New(ctx, tokens.Config{JetStream: s.Bus.JS, Replicas: cfg.Bus.Replicas, AdminToken: cfg.AdminToken,
+			Clock: cfg.Clock, Logger: s.log})
+		if err != nil {
+			return err
+		}
+		s.Tokens = ts
+		ts.Routes(mux, ts)
+	}
 	var db *sqlx.DB
 	if cfg.Has(RoleProjector) || cfg.Has(RoleAPI) {
 		var err error
@@ -90,7 +100,7 @@ func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *http.ServeMux
 			return err
 		}
 		b, err := bridge.New(bridge.Config{Bus: s.Bus, Registry: reg, Clock: cfg.Clock, Logger: s.log, Registerer: s.reg,
-			AdminToken: cfg.AdminToken, PingToken: cfg.PingToken, HeartbeatInterval: cfg.HeartbeatInterval,
+			AdminToken: cfg.AdminToken, Auth: s.Tokens, PingToken: cfg.PingToken, HeartbeatInterval: cfg.HeartbeatInterval,
 			RateMinInterval: cfg.RateMinInterval, RatePerMinute: cfg.RatePerMinute, ProbePolicy: cfg.Pinger.Policy})
 		if err != nil {
 			return err

@@ -27,7 +27,9 @@ import (
 	"github.com/devstatus/devstatus/pkg/bus"
 	"github.com/devstatus/devstatus/pkg/clock"
 	"github.com/devstatus/devstatus/pkg/httpx"
+	"github.com/devstatus/devstatus/pkg/openapi"
 	"github.com/devstatus/devstatus/pkg/ticker"
+	"github.com/devstatus/devstatus/pkg/tokens"
 	"github.com/devstatus/devstatus/pkg/worker"
 )
 
@@ -119,6 +121,9 @@ type Service struct {
 	server   *http.Server
 	metricsL net.Listener
 	metricsS *http.Server
+	mux      *httpx.RecordingMux
+	// Tokens is the API token store (nil without the bridge and api roles).
+	Tokens *tokens.Store
 
 	cancel context.CancelFunc
 	runCtx context.Context
@@ -228,11 +233,13 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel, s.runCtx = cancel, runCtx
-	mux := http.NewServeMux()
+	mux := httpx.NewRecordingMux()
+	s.mux = mux
 
 	if err := s.startRoles(ctx, runCtx, mux); err != nil {
 		return nil, err
 	}
+	mux.Handle(openapi.Pattern, openapi.Handler())
 
 	metrics := promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})
 	if cfg.MetricsAddr == "" {
@@ -245,7 +252,7 @@ func Start(ctx context.Context, cfg Config) (_ *Service, err error) {
 	})
 	mux.HandleFunc("GET /readyz", s.handleReady)
 
-	if err := s.startHTTP(ctx, mux); err != nil {
+	if err := s.startHTTP(ctx, mux.ServeMux); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -263,7 +270,7 @@ func (s *Service) run(ctx context.Context, name string, f func(context.Context) 
 	}()
 }
 
-func (s *Service) startRoles(ctx, runCtx context.Context, mux *http.ServeMux) error {
+func (s *Service) startRoles(ctx, runCtx context.Context, mux *httpx.RecordingMux) error {
 	cfg := s.cfg
 	if cfg.Has(RoleWorker) {
 		w, err := worker.New(worker.Config{Bus: s.Bus, Thresholds: cfg.Thresholds, InstanceID: cfg.InstanceID,
@@ -324,6 +331,10 @@ func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 	}
 	httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
+
+// Patterns lists every route pattern registered on the service's HTTP
+// server ("METHOD /path", net/http syntax), in registration order.
+func (s *Service) Patterns() []string { return s.mux.Patterns() }
 
 // Addr is the HTTP listen address (useful with port 0).
 func (s *Service) Addr() string { return s.listener.Addr().String() }
