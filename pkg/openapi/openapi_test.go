@@ -45,7 +45,7 @@ func TestDocumentIsOpenAPI31(t *testing.T) {
 		for _, e := range verrs {
 			t.Errorf("%s: %s (%s)", e.ValidationType, e.Message, e.Reason)
 			for _, se := range e.SchemaValidationErrors {
-				t.Errorf("  at %s: %s", se.Location, se.Reason)
+				t.Errorf("  at %s: %s", se.FieldPath, se.Reason)
 			}
 		}
 	}
@@ -131,7 +131,7 @@ func TestExamplesMatchSchemas(t *testing.T) {
 			for _, e := range errs {
 				msg := e.Message
 				for _, se := range e.SchemaValidationErrors {
-					msg += "; " + se.Location + ": " + se.Reason
+					msg += "; " + se.FieldPath + ": " + se.Reason
 				}
 				t.Errorf("%s: example does not match its schema: %s\n%s", c.where, msg, c.example)
 			}

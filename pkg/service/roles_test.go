@@ -111,7 +111,7 @@ func (sv specValidator) do(t *testing.T, method, base, path, token string, body 
 		for _, e := range errs {
 			msg := e.Message + " " + e.Reason
 			for _, se := range e.SchemaValidationErrors {
-				msg += "; " + se.Location + ": " + se.Reason
+				msg += "; " + se.FieldPath + ": " + se.Reason
 			}
 			t.Errorf("%s %s → %d: answer does not follow openapi.json: %s\n%s", method, path, a.code, msg, a.body)
 		}
