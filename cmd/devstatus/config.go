@@ -122,7 +122,7 @@ func newFlagSet(name string, c *config) *flag.FlagSet {
 		fs.StringVar(&c.PingTokenFile, "ping-token-file", "", "read the ping token from this file (instead of --ping-token)")
 		fs.BoolVar(&c.Migrate, "migrate", true, "apply the Postgres schema at start")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "longest graceful shutdown")
-		fs.StringVar(&c.InstanceID, "instance-id", "", "name of this instance in leases and logs (default host-pid-random)")
+		fs.StringVar(&c.InstanceID, "instance-id", "", "name of this instance in leases and logs; a restart with the same id takes its partitions over at once (default: kept in --data-dir/instance-id)")
 		fs.StringVar(&c.WorkerPartitions, "worker-partitions", "", "partitions this instance's worker may own, e.g. 0-7 or 1,3,5 (default all)")
 		fs.DurationVar(&c.ProbeAfter, "probe-after", 35*time.Second, "the worker asks for the first probe of a device this long after its last heartbeat (at least --ping-ignore-within; negative: never)")
 		fs.DurationVar(&c.PingMaxInterval, "ping-max-interval", 5*time.Minute, "longest interval between probes of a silent device (backing off 30s, 1m, 2m, … up to this)")

@@ -161,6 +161,18 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			generated = append(generated, t.name)
 		}
 	}
+	if c.InstanceID == "" {
+		id, shared, unlock, err := instanceIdentity(c.DataDir)
+		if err != nil {
+			return fmt.Errorf("instance identity in %s: %w", c.DataDir, err)
+		}
+		defer unlock()
+		if shared {
+			log.Warn("another process uses this data directory's instance identity; this one runs under a fresh identity (after a crash its partitions move only after --lease-ttl)",
+				slog.String("data_dir", c.DataDir), slog.String("instance", id))
+		}
+		c.InstanceID = id
+	}
 	bc, err := c.busConfig(log)
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -55,6 +56,9 @@ type Config struct {
 	// at last heartbeat + 35s, backing off up to 5 min; After < 0 disables).
 	Probing Probing
 	// InstanceID names this worker in leases and logs. Default: host-pid-random.
+	// An instance takes over its own leases at once (a restart after a
+	// crash): the id must name one running process (cmd/devstatus keeps it
+	// in the data directory, under a lock).
 	InstanceID string
 	// Partitions lists the partitions this instance may own; nil means all.
 	Partitions []int
@@ -119,6 +123,10 @@ type Worker struct {
 
 	mu    sync.Mutex
 	parts map[int]*PartitionStatus
+
+	// crashed (tests only) makes the partitions stop as after a SIGKILL: no
+	// final flush or snapshot, no lease release.
+	crashed atomic.Bool
 }
 
 // PartitionStatus describes a partition this instance runs.
@@ -211,7 +219,11 @@ func (w *Worker) runOwned(ctx context.Context, p int, l *lease) {
 	go func() { defer close(kept); l.keep(pctx, func(err error) { cancel(err) }) }()
 	w.m.owned.Inc()
 	defer w.m.owned.Dec()
-	log.Info("partition acquired")
+	if l.reclaimed {
+		log.Info("partition acquired", slog.String("from", "an earlier process of this instance"))
+	} else {
+		log.Info("partition acquired")
+	}
 	err := w.runPartition(pctx, p, log)
 	if cause := context.Cause(pctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause
@@ -221,7 +233,9 @@ func (w *Worker) runOwned(ctx context.Context, p int, l *lease) {
 	w.mu.Unlock()
 	cancel(nil)
 	<-kept // the lease's revision is no longer being renewed
-	l.release(context.WithoutCancel(ctx))
+	if !w.crashed.Load() {
+		l.release(context.WithoutCancel(ctx))
+	}
 	if err != nil {
 		log.Warn("partition stopped", slog.Any("err", err))
 		return
@@ -380,6 +394,9 @@ loop:
 	// Final snapshot so that the next owner replays nothing (after the
 	// transitions in flight are settled; if they cannot be, no snapshot).
 	snap.wait()
+	if w.crashed.Load() {
+		return nil
+	}
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer fcancel()
 	if err := out.flush(fctx); err != nil {

@@ -348,3 +348,102 @@ func TestPublisherSameTransitionTwiceIsNotAFence(t *testing.T) {
 		t.Fatalf("%d transitions stored", len(got))
 	}
 }
+
+// waitOwned waits until w runs all n partitions and returns how long it took.
+func waitOwned(t *testing.T, w *Worker, n int, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for len(w.Status()) < n {
+		if time.Since(start) > within {
+			t.Fatalf("%s owns %d of %d partitions after %s", w.cfg.InstanceID, len(w.Status()), n, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func runWorker(t *testing.T, b *bus.Bus, id string, ttl time.Duration) (*Worker, func()) {
+	t.Helper()
+	w, err := New(Config{Bus: b, InstanceID: id, Logger: testenv.Logger(t), SnapshotInterval: 50 * time.Millisecond, LeaseTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	return w, func() { cancel(); <-done }
+}
+
+// crashWorker starts a worker on its own connection and kills it: the
+// connection closes under it, so it neither releases its leases nor writes a
+// final snapshot (as after a SIGKILL).
+func crashWorker(t *testing.T, b1 *bus.Bus, id string, ttl time.Duration) {
+	t.Helper()
+	b2, err := bus.Open(context.Background(), bus.Config{URL: b1.ClientURL(), Logger: testenv.Logger(t), LeaseTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, stop := runWorker(t, b2, id, ttl)
+	waitOwned(t, w, b1.Partitions(), 10*time.Second)
+	w.crashed.Store(true)
+	b2.NC.Close()
+	stop()
+	for p := 0; p < b1.Partitions(); p++ {
+		e, err := b1.Leases.Get(context.Background(), LeaseKey(p))
+		if err != nil || ParseLeaseValue(e.Value()).Owner != id {
+			t.Fatalf("partition %d's lease after the crash: %v %v", p, e, err)
+		}
+	}
+}
+
+// Issue 13, bug 3: a worker restarted with the identity of one that was
+// killed takes its partitions over at once, not after the lease TTL, and
+// goes on where the killed one stopped; a worker of another identity waits
+// for the TTL.
+func TestRestartReclaimsOwnLeases(t *testing.T) {
+	const ttl = 4 * time.Second
+	b1 := testenv.NATS(t, bus.Config{Partitions: 4, ListenAddr: "127.0.0.1:-1", LeaseTTL: ttl})
+	p := &pub{t: t, b: b1}
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	for i := 0; i < 8; i++ {
+		id := fmt.Sprintf("dev-%d", i)
+		p.register(id, "", t0)
+		p.heartbeat(id, t0)
+	}
+
+	t.Run("same identity", func(t *testing.T) {
+		crashWorker(t, b1, "node-a", ttl)
+		transitions(t, b1, 8)
+		killed := time.Now()
+		w, stop := runWorker(t, b1, "node-a", ttl)
+		defer stop()
+		took := waitOwned(t, w, 4, ttl)
+		if since := time.Since(killed); since > ttl/4 {
+			t.Fatalf("owned all partitions %s after the kill (acquire %s); the lease TTL is %s", since, took, ttl)
+		}
+		p.tick(t0.Add(41 * time.Second))
+		got := transitions(t, b1, 16)
+		if len(got) != 16 {
+			t.Fatalf("%d transitions after the restart: %v", len(got), summarize(got, t0))
+		}
+		seen := map[string]bool{}
+		for _, tr := range got {
+			if seen[tr.ID] {
+				t.Fatalf("duplicate %s", tr.ID)
+			}
+			seen[tr.ID] = true
+		}
+	})
+
+	t.Run("another identity", func(t *testing.T) {
+		crashWorker(t, b1, "node-b", ttl)
+		killed := time.Now()
+		w, stop := runWorker(t, b1, "node-c", ttl)
+		defer stop()
+		waitOwned(t, w, 4, 2*ttl)
+		// The killed worker's last renewal was at most ttl/3 before the kill.
+		if since := time.Since(killed); since < ttl-ttl/3-200*time.Millisecond {
+			t.Fatalf("another identity owned all partitions %s after the kill, before the lease TTL %s", since, ttl)
+		}
+	})
+}
