@@ -265,6 +265,15 @@ func (w *Worker) runPartition(ctx context.Context, p int, log *slog.Logger) erro
 	if err := out.init(ctx); err != nil {
 		return err
 	}
+	defer func() {
+		// A run that ends on an error may leave transitions in flight, some
+		// of them stored: settle them so that each stored one is logged.
+		if len(out.inflight) > 0 && !w.crashed.Load() {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			out.drain(dctx)
+		}
+	}()
 	status := &PartitionStatus{Partition: p, Seq: st.seq, Restored: st.seq}
 	w.mu.Lock()
 	w.parts[p] = status
@@ -460,6 +469,12 @@ type inflightTransition struct {
 	exp   uint64
 	start time.Time
 	f     jetstream.PubAckFuture
+	// retried: an attempt of this worker may have been stored without its
+	// PubAck reaching us (a retry after a failure other than the fence).
+	retried bool
+	// refused: the fence refused it (another worker published for the
+	// device since); it is not stored and never will be by this run.
+	refused bool
 }
 
 func (o *publisher) init(ctx context.Context) error {
@@ -617,6 +632,9 @@ func (o *publisher) flush(ctx context.Context) error {
 		}
 		var ack *jetstream.PubAck
 		err := errNotSent
+		if it.refused {
+			return keep(fmt.Errorf("%w (partition %d, device %q, expected last seq %d)", ErrFenced, o.p, it.sc.Device, it.exp))
+		}
 		if it.f != nil {
 			select {
 			case ack = <-it.f.Ok():
@@ -639,6 +657,9 @@ func (o *publisher) flush(ctx context.Context) error {
 					ack = &jetstream.PubAck{Stream: events.TransitionStream, Sequence: seq, Duplicate: true}
 					break
 				}
+				// Not stored. It stays first in flight (refused), so that
+				// every later flush fails too: no snapshot may cover it.
+				it.refused = true
 				return keep(fmt.Errorf("%w (partition %d, device %q, expected last seq %d): %v", ErrFenced, o.p, it.sc.Device, it.exp, err))
 			}
 			if ctx.Err() != nil {
@@ -651,6 +672,7 @@ func (o *publisher) flush(ctx context.Context) error {
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, 2*time.Second)
+			it.retried = true
 			ack, err = o.js.Publish(ctx, it.subj, it.data, jetstream.WithMsgID(it.sc.ID), jetstream.WithExpectLastSequencePerSubject(it.exp))
 		}
 		o.settled(it, ack)
@@ -658,6 +680,68 @@ func (o *publisher) flush(ctx context.Context) error {
 	o.inflight = o.inflight[:0]
 	clear(o.busy)
 	return nil
+}
+
+// drain settles what is still in flight when a run ends on an error (lost
+// lease, cancelled context, fence, bus error) without publishing anything
+// again: a transition whose PubAck arrives, or that is found stored after
+// its expected sequence on its device's subject, is settled (counted and
+// logged once); one refused by the fence, or never sent, is dropped. So
+// every transition this worker stored has its log line, and none it did not.
+// ctx bounds the wait.
+func (o *publisher) drain(ctx context.Context) {
+	for k := range o.inflight {
+		it := &o.inflight[k]
+		if it.refused {
+			continue
+		}
+		if it.f != nil {
+			select {
+			case ack := <-it.f.Ok():
+				o.settled(it, ack)
+				continue
+			case err := <-it.f.Err():
+				if isFenceError(err) && !it.retried {
+					continue // refused: not stored by this attempt
+				}
+			case <-ctx.Done():
+			}
+		} else if !it.retried {
+			continue // never sent
+		}
+		seq, found, err := o.storedAfter(ctx, it)
+		switch {
+		case err != nil:
+			o.log.Warn("outcome of a transition publish unknown", slog.String("device", it.sc.Device), slog.String("id", it.sc.ID), slog.Any("err", err))
+		case found:
+			it.retried = true // this worker's attempt is what stored it
+			o.settled(it, &jetstream.PubAck{Stream: events.TransitionStream, Sequence: seq})
+		}
+	}
+	o.inflight = o.inflight[:0]
+	clear(o.busy)
+}
+
+// storedAfter reports whether the first transition stored on the device's
+// subject after the expected sequence is it (that is where the fence lets it
+// in, and only there), and its sequence.
+func (o *publisher) storedAfter(ctx context.Context, it *inflightTransition) (uint64, bool, error) {
+	st, err := o.js.Stream(ctx, events.TransitionStream)
+	if err != nil {
+		return 0, false, err
+	}
+	m, err := st.GetMsg(ctx, it.exp+1, jetstream.WithGetMsgSubject(it.subj))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	sc, err := events.DecodeStatusChanged(m.Data)
+	if err != nil {
+		return 0, false, err
+	}
+	return m.Sequence, sc.ID == it.sc.ID, nil
 }
 
 // alreadyStored reports whether the device's last transition in the stream
@@ -678,13 +762,20 @@ func (o *publisher) alreadyStored(ctx context.Context, it *inflightTransition) (
 	return m.Sequence, true
 }
 
+// settled records a stored transition. It is counted and logged (the one
+// "transition" line) when this worker's publish stored it: not when the
+// first attempt was answered as a duplicate or met the transition already
+// stored (another worker running the same log stored it, and logs it).
 func (o *publisher) settled(it *inflightTransition, ack *jetstream.PubAck) {
 	sc := &it.sc
-	o.m.publishSeconds.Observe(time.Since(it.start).Seconds())
 	if it.slot >= 0 && o.st.ids[it.slot] == sc.Device {
 		o.st.trSeq[it.slot] = ack.Sequence
 	}
 	o.lastCause.seq, o.lastCause.index = sc.Cause.Seq, sc.Index
+	if ack.Duplicate && !it.retried {
+		return
+	}
+	o.m.publishSeconds.Observe(time.Since(it.start).Seconds())
 	o.m.transitions.WithLabelValues(string(sc.From), string(sc.To), string(sc.ReasonCode)).Inc()
 	o.log.Info("transition", slog.String("device", sc.Device), slog.String("from", string(sc.From)),
 		slog.String("to", string(sc.To)), slog.String("reason_code", string(sc.ReasonCode)),
