@@ -20,7 +20,10 @@ type metrics struct {
 	snapshotErrors  prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics builds the metrics of the worker of the named instance.
+func newMetrics(reg prometheus.Registerer, instance string) *metrics {
+	owned := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "devstatus_worker_partitions_owned",
+		Help: "Partitions this instance owns (label: the owning instance's id)."}, []string{"instance"})
 	m := &metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "devstatus_worker_events_total",
 			Help: "Input events applied by partition workers, by event type."}, []string{"type"}),
@@ -36,8 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Input events waiting behind the partition worker, per partition."}, []string{"partition"}),
 		devices: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "devstatus_worker_devices",
 			Help: "Devices tracked by this instance's partition workers, by partition and status."}, []string{"partition", "status"}),
-		owned: prometheus.NewGauge(prometheus.GaugeOpts{Name: "devstatus_worker_partitions_owned",
-			Help: "Partitions this instance owns."}),
+		owned: owned.WithLabelValues(instance),
 		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "devstatus_worker_transition_publish_seconds",
 			Help: "Time to publish one transition and receive its PubAck.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		snapshotSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "devstatus_worker_snapshot_seconds",
@@ -46,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Snapshots that could not be written."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.events, m.ignored, m.transitions, m.suppressed, m.probes, m.lag, m.devices, m.owned, m.publishSeconds, m.snapshotSeconds, m.snapshotErrors)
+		reg.MustRegister(m.events, m.ignored, m.transitions, m.suppressed, m.probes, m.lag, m.devices, owned, m.publishSeconds, m.snapshotSeconds, m.snapshotErrors)
 	}
 	return m
 }

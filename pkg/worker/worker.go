@@ -149,7 +149,7 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Worker{cfg: cfg, m: newMetrics(cfg.Registerer), log: cfg.Logger.With(slog.String("component", "worker"), slog.String("instance", cfg.InstanceID)), parts: map[int]*PartitionStatus{}}, nil
+	return &Worker{cfg: cfg, m: newMetrics(cfg.Registerer, cfg.InstanceID), log: cfg.Logger.With(slog.String("component", "worker"), slog.String("instance", cfg.InstanceID)), parts: map[int]*PartitionStatus{}}, nil
 }
 
 // Status returns the partitions this instance runs now.

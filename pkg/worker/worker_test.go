@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/internal/testenv"
@@ -171,7 +172,7 @@ func TestPublisherFenced(t *testing.T) {
 	mk := func() *publisher {
 		st := newPartition(0, 1, testThresholds, Probing{})
 		mustApply(t, st, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()})
-		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil), st: st}
+		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil, "test"), st: st}
 		if err := o.init(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -327,7 +328,7 @@ func TestPublisherSameTransitionTwiceIsNotAFence(t *testing.T) {
 	mk := func() *publisher {
 		st := newPartition(0, 1, testThresholds, Probing{})
 		mustApply(t, st, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()})
-		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil), st: st}
+		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil, "test"), st: st}
 		if err := o.init(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -446,4 +447,49 @@ func TestRestartReclaimsOwnLeases(t *testing.T) {
 			t.Fatalf("another identity owned all partitions %s after the kill, before the lease TTL %s", since, ttl)
 		}
 	})
+}
+
+// devstatus_worker_partitions_owned is labelled with the instance's id.
+func TestPartitionsOwnedMetric(t *testing.T) {
+	b := testenv.NATS(t, bus.Config{Partitions: 3})
+	reg := prometheus.NewRegistry()
+	w, err := New(Config{Bus: b, InstanceID: "node-m", Logger: testenv.Logger(t), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitOwned(t, w, 3, 10*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, mf := range mfs {
+			if mf.GetName() != "devstatus_worker_partitions_owned" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					got = append(got, fmt.Sprintf("%s=%s %g", l.GetName(), l.GetValue(), m.GetGauge().GetValue()))
+				}
+			}
+		}
+		if strings.Join(got, ";") == "instance=node-m 3" {
+			err = nil
+		} else {
+			err = fmt.Errorf("devstatus_worker_partitions_owned: %v", got)
+		}
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
