@@ -273,7 +273,7 @@ func (s *Service) run(ctx context.Context, name string, f func(context.Context) 
 func (s *Service) startRoles(ctx, runCtx context.Context, mux *httpx.RecordingMux) error {
 	cfg := s.cfg
 	if cfg.Has(RoleWorker) {
-		w, err := worker.New(worker.Config{Bus: s.Bus, Thresholds: cfg.Thresholds, InstanceID: cfg.InstanceID,
+		w, err := worker.New(worker.Config{Bus: s.Bus, Thresholds: cfg.Thresholds, InstanceID: cfg.InstanceID, Roles: cfg.Roles,
 			Probing:    worker.Probing{After: cfg.ProbeAfter, MaxInterval: cfg.PingMaxInterval},
 			Partitions: cfg.WorkerPartitions, LeaseTTL: cfg.Bus.LeaseTTL, Logger: cfg.Logger, Registerer: s.reg})
 		if err != nil {

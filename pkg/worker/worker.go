@@ -21,6 +21,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,7 +62,10 @@ type Config struct {
 	// in the data directory, under a lock).
 	InstanceID string
 	// Partitions lists the partitions this instance may own; nil means all.
+	// The instance owns at most its fair share of all partitions (see Run).
 	Partitions []int
+	// Roles are this instance's roles, shown in its membership key.
+	Roles []string
 	// SnapshotInterval is the longest time between snapshots of a busy
 	// partition. Default 30s.
 	SnapshotInterval time.Duration
@@ -165,8 +169,14 @@ func (w *Worker) Status() []PartitionStatus {
 
 // Run acquires the leases of free partitions and runs each owned partition on
 // its own goroutine until ctx is cancelled; then it writes a final snapshot
-// per partition, releases the leases and returns nil. A partition whose run
-// fails (lost lease, fenced, bus error) is released and retried.
+// per partition, releases the leases, deletes its membership key and returns
+// nil. A partition whose run fails (lost lease, fenced, bus error) is
+// released and retried.
+//
+// Fair share: every LeaseTTL/3 it renews its membership key ([Member]) and
+// counts the k live instances; it owns at most ⌊n/k⌋ or ⌈n/k⌉ of the n
+// partitions ([fairShare]), handing the highest ones over when above (each
+// stops cleanly: final snapshot, release) and taking free ones when below.
 func (w *Worker) Run(ctx context.Context) error {
 	parts := w.cfg.Partitions
 	if parts == nil {
@@ -175,39 +185,88 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	var wg sync.WaitGroup
-	running := map[int]bool{}
+	running := map[int]context.CancelFunc{} // partitions run, and how to hand each over
+	releasing := map[int]bool{}             // handed over, still stopping
 	done := make(chan int, len(parts))
 	tick := time.NewTicker(w.cfg.LeaseTTL / 3)
 	defer tick.Stop()
+	n, share := w.cfg.Bus.Partitions(), len(parts)
+	since := time.Now().UTC().Truncate(time.Millisecond)
 	for {
-		for _, p := range parts {
-			if running[p] || ctx.Err() != nil {
-				continue
-			}
-			l, err := acquireLease(ctx, w.cfg.Bus.Leases, p, w.cfg.InstanceID, w.cfg.LeaseTTL)
-			if err != nil {
-				if !errors.Is(err, errLeaseHeld) {
-					w.log.Warn("lease acquire failed", slog.Int("partition", p), slog.Any("err", err))
+		if ctx.Err() == nil {
+			share = w.share(ctx, n, share, since)
+			owned := len(running) - len(releasing)
+			// Above the fair share: hand the highest partitions over (final
+			// snapshot, release); another instance takes them at once.
+			for p := n - 1; p >= 0 && owned > share; p-- {
+				if stop, ok := running[p]; ok && !releasing[p] {
+					w.log.Info("handing partition over (fair share)", slog.Int("partition", p), slog.Int("share", share))
+					releasing[p] = true
+					stop()
+					owned--
 				}
-				continue
 			}
-			running[p] = true
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { done <- p }()
-				w.runOwned(ctx, p, l)
-			}()
+			for _, p := range parts {
+				if owned >= share {
+					break
+				}
+				if running[p] != nil {
+					continue
+				}
+				l, err := acquireLease(ctx, w.cfg.Bus.Leases, p, w.cfg.InstanceID, w.cfg.LeaseTTL)
+				if err != nil {
+					if !errors.Is(err, errLeaseHeld) {
+						w.log.Warn("lease acquire failed", slog.Int("partition", p), slog.Any("err", err))
+					}
+					continue
+				}
+				pctx, stop := context.WithCancel(ctx)
+				running[p] = stop
+				owned++
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer func() { done <- p }()
+					defer stop()
+					w.runOwned(pctx, p, l)
+				}()
+			}
 		}
 		select {
 		case <-ctx.Done():
 			wg.Wait()
+			if !w.crashed.Load() {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				_ = w.cfg.Bus.Leases.Delete(dctx, memberKey(w.cfg.InstanceID))
+				cancel()
+			}
 			return nil
 		case p := <-done:
 			delete(running, p)
+			delete(releasing, p)
 		case <-tick.C:
 		}
 	}
+}
+
+// share renews this instance's membership key and returns its fair share
+// of the n partitions; on a bus error it keeps the previous share.
+func (w *Worker) share(ctx context.Context, n, prev int, since time.Time) int {
+	val, _ := json.Marshal(Member{ID: w.cfg.InstanceID, Roles: w.cfg.Roles, Since: since})
+	if _, err := w.cfg.Bus.Leases.Put(ctx, memberKey(w.cfg.InstanceID), val); err != nil {
+		w.log.Warn("membership renewal failed", slog.Any("err", err))
+		return prev
+	}
+	members, err := Members(ctx, w.cfg.Bus.Leases)
+	if err != nil {
+		w.log.Warn("listing members failed", slog.Any("err", err))
+		return prev
+	}
+	share := fairShare(n, members, w.cfg.InstanceID)
+	if share != prev {
+		w.log.Info("fair share", slog.Int("share", share), slog.Int("instances", max(len(members), 1)), slog.Int("partitions", n))
+	}
+	return share
 }
 
 // runOwned runs partition p while the lease l is held.
