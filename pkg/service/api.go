@@ -11,6 +11,7 @@ import (
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/devstatus/devstatus/pkg/readapi"
+	"github.com/devstatus/devstatus/pkg/worker"
 	"github.com/devstatus/devstatus/projections"
 	"github.com/devstatus/devstatus/web"
 )
@@ -40,8 +41,24 @@ func (s *Service) startAPI(db *sqlx.DB, mux *httpx.RecordingMux) error {
 		return err
 	}
 	api.Routes(mux)
+	mux.Handle("GET /v1/partitions", httpx.RequireBearer(s.cfg.AdminToken, http.HandlerFunc(s.handlePartitions)))
 	web.Routes(mux)
 	return nil
+}
+
+// handlePartitions answers GET /v1/partitions (admin token): every
+// partition's owner, since when, and the owner's applied sequence and lag
+// (as of its last lease renewal), and the live worker instances with their
+// roles and partitions ([worker.Ownership]). 503 when the bus cannot be read.
+func (s *Service) handlePartitions(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	own, err := worker.ReadOwnership(ctx, s.Bus.Leases, s.Bus.Partitions())
+	if err != nil {
+		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "reading the partition leases failed: "+err.Error())
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, own)
 }
 
 // devicesCollector exports devstatus_devices{status}: the fleet (not

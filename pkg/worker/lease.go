@@ -31,6 +31,9 @@ type lease struct {
 	since time.Time
 	// reclaimed: taken over from an earlier process of the same identity.
 	reclaimed bool
+	// progress (optional) gives the applied sequence and lag written with
+	// each renewal.
+	progress func() (applied, lag uint64)
 }
 
 // LeaseValue is the value of a partition's key in the lease bucket (JSON):
@@ -39,6 +42,10 @@ type lease struct {
 type LeaseValue struct {
 	Owner string    `json:"owner"`
 	Since time.Time `json:"since"`
+	// AppliedSeq is the last input sequence the owner applied and LagEvents
+	// the input events behind it, as of the last renewal (every TTL/3).
+	AppliedSeq uint64 `json:"applied_seq"`
+	LagEvents  uint64 `json:"lag_events"`
 }
 
 // ParseLeaseValue decodes a lease key's value; it never fails (an
@@ -109,6 +116,11 @@ func (l *lease) keep(ctx context.Context, lost func(error)) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if l.progress != nil {
+			v := ParseLeaseValue(l.value)
+			v.AppliedSeq, v.LagEvents = l.progress()
+			l.value, _ = json.Marshal(v)
 		}
 		rev, err := l.kv.Update(ctx, l.key, l.value, l.rev)
 		switch {

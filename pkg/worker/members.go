@@ -82,3 +82,73 @@ func fairShare(n int, members []Member, self string) int {
 	}
 	return share
 }
+
+// Ownership is who owns which partition, read from the lease bucket: the
+// body of GET /v1/partitions.
+type Ownership struct {
+	Partitions []PartitionOwner `json:"partitions"`
+	Instances  []InstanceOwner  `json:"instances"`
+}
+
+// PartitionOwner is one partition's lease: Owner is the owning instance's
+// id ("" and no since when none owns it now), AppliedSeq and LagEvents the
+// owner's progress as of its last renewal.
+type PartitionOwner struct {
+	Partition  int        `json:"partition"`
+	Owner      string     `json:"owner"`
+	Since      *time.Time `json:"since"`
+	AppliedSeq uint64     `json:"applied_seq"`
+	LagEvents  uint64     `json:"lag_events"`
+}
+
+// InstanceOwner is a live worker instance (a member, or an owner of a lease
+// without a membership key) and the partitions it owns, ascending.
+type InstanceOwner struct {
+	ID         string   `json:"id"`
+	Roles      []string `json:"roles"`
+	Partitions []int    `json:"partitions"`
+}
+
+// ReadOwnership reads the leases of the n partitions and the members.
+// Errors are the bus's.
+func ReadOwnership(ctx context.Context, kv jetstream.KeyValue, n int) (Ownership, error) {
+	members, err := Members(ctx, kv)
+	if err != nil {
+		return Ownership{}, err
+	}
+	out := Ownership{Partitions: make([]PartitionOwner, 0, n), Instances: []InstanceOwner{}}
+	byID := map[string]int{}
+	for _, m := range members {
+		byID[m.ID] = len(out.Instances)
+		out.Instances = append(out.Instances, InstanceOwner{ID: m.ID, Roles: m.Roles, Partitions: []int{}})
+	}
+	for p := 0; p < n; p++ {
+		po := PartitionOwner{Partition: p}
+		e, err := kv.Get(ctx, LeaseKey(p))
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return Ownership{}, err
+		default:
+			v := ParseLeaseValue(e.Value())
+			po.Owner, po.AppliedSeq, po.LagEvents = v.Owner, v.AppliedSeq, v.LagEvents
+			if !v.Since.IsZero() {
+				po.Since = &v.Since
+			}
+			i, ok := byID[v.Owner]
+			if !ok {
+				i = len(out.Instances)
+				byID[v.Owner] = i
+				out.Instances = append(out.Instances, InstanceOwner{ID: v.Owner, Roles: []string{}, Partitions: []int{}})
+			}
+			out.Instances[i].Partitions = append(out.Instances[i].Partitions, p)
+		}
+		out.Partitions = append(out.Partitions, po)
+	}
+	for i := range out.Instances {
+		if out.Instances[i].Roles == nil {
+			out.Instances[i].Roles = []string{}
+		}
+	}
+	return out, nil
+}

@@ -274,6 +274,14 @@ func (w *Worker) runOwned(ctx context.Context, p int, l *lease) {
 	log := w.log.With(slog.Int("partition", p))
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	l.progress = func() (uint64, uint64) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if st := w.parts[p]; st != nil {
+			return st.Seq, st.Pending
+		}
+		return 0, 0
+	}
 	kept := make(chan struct{})
 	go func() { defer close(kept); l.keep(pctx, func(err error) { cancel(err) }) }()
 	w.m.owned.Inc()
