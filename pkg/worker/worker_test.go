@@ -378,7 +378,7 @@ func runWorker(t *testing.T, b *bus.Bus, id string, ttl time.Duration) (*Worker,
 // crashWorker starts a worker on its own connection and kills it: the
 // connection closes under it, so it neither releases its leases nor writes a
 // final snapshot (as after a SIGKILL).
-func crashWorker(t *testing.T, b1 *bus.Bus, id string, ttl time.Duration) {
+func crashWorker(t *testing.T, b1 *bus.Bus, id string, ttl time.Duration, before func()) {
 	t.Helper()
 	b2, err := bus.Open(context.Background(), bus.Config{URL: b1.ClientURL(), Logger: testenv.Logger(t), LeaseTTL: ttl})
 	if err != nil {
@@ -386,6 +386,9 @@ func crashWorker(t *testing.T, b1 *bus.Bus, id string, ttl time.Duration) {
 	}
 	w, stop := runWorker(t, b2, id, ttl)
 	waitOwned(t, w, b1.Partitions(), 10*time.Second)
+	if before != nil {
+		before()
+	}
 	w.crashed.Store(true)
 	b2.NC.Close()
 	stop()
@@ -413,8 +416,7 @@ func TestRestartReclaimsOwnLeases(t *testing.T) {
 	}
 
 	t.Run("same identity", func(t *testing.T) {
-		crashWorker(t, b1, "node-a", ttl)
-		transitions(t, b1, 8)
+		crashWorker(t, b1, "node-a", ttl, func() { transitions(t, b1, 8) })
 		killed := time.Now()
 		w, stop := runWorker(t, b1, "node-a", ttl)
 		defer stop()
@@ -437,7 +439,7 @@ func TestRestartReclaimsOwnLeases(t *testing.T) {
 	})
 
 	t.Run("another identity", func(t *testing.T) {
-		crashWorker(t, b1, "node-b", ttl)
+		crashWorker(t, b1, "node-b", ttl, nil)
 		killed := time.Now()
 		w, stop := runWorker(t, b1, "node-c", ttl)
 		defer stop()
