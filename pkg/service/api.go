@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"time"
 
@@ -41,7 +42,11 @@ func (s *Service) startAPI(db *sqlx.DB, mux *httpx.RecordingMux) error {
 		return err
 	}
 	api.Routes(mux)
-	mux.Handle("GET /v1/partitions", httpx.RequireBearer(s.cfg.AdminToken, http.HandlerFunc(s.handlePartitions)))
+	var auth httpx.Authorizer = httpx.StaticToken(s.cfg.AdminToken)
+	if s.Tokens != nil {
+		auth = s.Tokens
+	}
+	mux.Handle("GET /v1/partitions", httpx.RequireRole(auth, httpx.RoleAdmin, http.HandlerFunc(s.handlePartitions)))
 	web.Routes(mux)
 	return nil
 }

@@ -184,7 +184,7 @@ var (
 	openRoutes   = []string{"GET /healthz", "GET /readyz", "GET /metrics", openapi.Pattern, "GET /{$}", "GET /assets/"}
 	ingestRoutes = []string{"POST /v1/devices/{id}/heartbeat", "POST /v1/devices/{id}/ping", "POST /v1/pings", "POST /v1/gateways/{id}/heartbeats"}
 	// adminReads are GET routes a viewer may not use: the token list.
-	adminReads = []string{"GET /v1/tokens"}
+	adminReads = []string{"GET /v1/tokens", "GET /v1/partitions"}
 )
 
 // TestViewerReadsEverythingAndChangesNothing walks every registered route
