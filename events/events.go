@@ -32,6 +32,13 @@ const (
 	TypeReconnectRequested   Type = "reconnect_requested"
 	TypeReconnectDelivered   Type = "reconnect_delivered"
 	TypeRemoteControlChanged Type = "remote_control_changed"
+	// TypeOutageHoldStarted and TypeOutageHoldEnded start and end the
+	// outage hold of the whole fleet (payload [OutageHold], no device). The
+	// hold coordinator publishes the same event, with the same Nats-Msg-Id,
+	// on every partition's hold subject ([HoldSubject]); each partition
+	// applies it in its own log order.
+	TypeOutageHoldStarted Type = "outage_hold_started"
+	TypeOutageHoldEnded   Type = "outage_hold_ended"
 )
 
 // Status is a device's connectivity status, as on the wire and in Postgres.
@@ -106,7 +113,29 @@ type Input struct {
 	Ping          *PingResult    `json:"ping,omitempty"`
 	Registered    *Registered    `json:"registered,omitempty"`
 	RemoteControl *RemoteControl `json:"remote_control,omitempty"`
+	Hold          *OutageHold    `json:"hold,omitempty"`
 }
+
+// OutageHold is the payload of outage_hold_started and outage_hold_ended.
+// While a hold is on, no device becomes disconnected; a device still silent
+// when it ends becomes disconnected disconnect_after after the end at the
+// earliest. The envelope's At is when the hold started or ended (observer
+// time).
+type OutageHold struct {
+	// Reason says why the hold started or ended, for people, e.g. "12 of
+	// 20 connected devices went silent within 40s" or "released by admin".
+	Reason string `json:"reason"`
+	// Since is when the hold that ends started (ended events only; zero
+	// on started events).
+	Since time.Time `json:"since,omitzero"`
+	// Silent and Connected are the counts the coordinator judged by (0
+	// when an operator ended the hold).
+	Silent    int `json:"silent,omitempty"`
+	Connected int `json:"connected,omitempty"`
+}
+
+// IsHold reports whether t is one of the outage-hold event types.
+func (t Type) IsHold() bool { return t == TypeOutageHoldStarted || t == TypeOutageHoldEnded }
 
 // Heartbeat is a device's heartbeat as the bridge received it.
 type Heartbeat struct {

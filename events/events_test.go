@@ -31,11 +31,15 @@ func goldenInputs() map[string]*Input {
 			Heartbeat: &Heartbeat{DeviceTime: &dt, Metrics: json.RawMessage(`{"battery":87,"signal":-61}`)}},
 		"ping_result": {Type: TypePingResult, ID: "pg-1", Device: "kiosk-7", At: ts("2026-01-02T03:04:06Z"),
 			Ping: &PingResult{OK: false, RTTMs: 2000, CheckedAt: ts("2026-01-02T03:04:04Z"), Error: "timeout"}},
-		"tick":                   {Type: TypeTick, ID: "tick-3-1767323045000000000", At: ts("2026-01-02T03:04:05Z")},
-		"device_registered":      {Type: TypeDeviceRegistered, ID: "reg-1", Device: "kiosk-7", At: ts("2026-01-02T03:00:00Z"), Actor: "admin", Registered: &Registered{Group: "lobby", Gateway: "gw-1"}},
-		"device_decommissioned":  {Type: TypeDeviceDecommissioned, ID: "dec-1", Device: "kiosk-7", At: ts("2026-01-02T04:00:00Z"), Actor: "admin"},
-		"reconnect_requested":    {Type: TypeReconnectRequested, ID: "rr-1", Device: "kiosk-7", At: ts("2026-01-02T03:10:00Z"), Actor: "admin"},
-		"reconnect_delivered":    {Type: TypeReconnectDelivered, ID: "rd-1", Device: "kiosk-7", At: ts("2026-01-02T03:10:30Z")},
+		"tick":                  {Type: TypeTick, ID: "tick-3-1767323045000000000", At: ts("2026-01-02T03:04:05Z")},
+		"device_registered":     {Type: TypeDeviceRegistered, ID: "reg-1", Device: "kiosk-7", At: ts("2026-01-02T03:00:00Z"), Actor: "admin", Registered: &Registered{Group: "lobby", Gateway: "gw-1"}},
+		"device_decommissioned": {Type: TypeDeviceDecommissioned, ID: "dec-1", Device: "kiosk-7", At: ts("2026-01-02T04:00:00Z"), Actor: "admin"},
+		"reconnect_requested":   {Type: TypeReconnectRequested, ID: "rr-1", Device: "kiosk-7", At: ts("2026-01-02T03:10:00Z"), Actor: "admin"},
+		"reconnect_delivered":   {Type: TypeReconnectDelivered, ID: "rd-1", Device: "kiosk-7", At: ts("2026-01-02T03:10:30Z")},
+		"outage_hold_started": {Type: TypeOutageHoldStarted, ID: "hold-start-1767323085000000000", At: ts("2026-01-02T03:04:45Z"),
+			Hold: &OutageHold{Reason: "12 of 20 connected devices went silent within 40s", Silent: 12, Connected: 8}},
+		"outage_hold_ended": {Type: TypeOutageHoldEnded, ID: "hold-end-1767323385000000000", At: ts("2026-01-02T03:09:45Z"), Actor: "admin",
+			Hold: &OutageHold{Reason: "released by admin", Since: ts("2026-01-02T03:04:45Z")}},
 		"remote_control_changed": {Type: TypeRemoteControlChanged, ID: "rc-1", Device: "kiosk-7", At: ts("2026-01-02T03:11:00Z"), Actor: "admin", RemoteControl: &RemoteControl{Enabled: true}},
 	}
 }
@@ -111,13 +115,14 @@ func TestDecodeErrors(t *testing.T) {
 		in   string
 		want error
 	}{
-		"not json":        {`{`, ErrMalformed},
-		"future version":  {`{"v":99,"type":"tick","id":"x","at":"2026-01-01T00:00:00Z"}`, ErrUnsupportedVersion},
-		"no version":      {`{"type":"tick","id":"x","at":"2026-01-01T00:00:00Z"}`, ErrUnsupportedVersion},
-		"unknown type":    {`{"v":1,"type":"boom","id":"x","device":"a","at":"2026-01-01T00:00:00Z"}`, ErrMalformed},
-		"ping no payload": {`{"v":1,"type":"ping_result","id":"x","device":"a","at":"2026-01-01T00:00:00Z"}`, ErrMalformed},
-		"no device":       {`{"v":1,"type":"heartbeat","id":"x","at":"2026-01-01T00:00:00Z"}`, ErrMalformed},
-		"no time":         {`{"v":1,"type":"heartbeat","id":"x","device":"a"}`, ErrMalformed},
+		"not json":             {`{`, ErrMalformed},
+		"future version":       {`{"v":99,"type":"tick","id":"x","at":"2026-01-01T00:00:00Z"}`, ErrUnsupportedVersion},
+		"no version":           {`{"type":"tick","id":"x","at":"2026-01-01T00:00:00Z"}`, ErrUnsupportedVersion},
+		"hold without payload": {`{"v":1,"type":"outage_hold_started","id":"x","at":"2026-01-01T00:00:00Z"}`, ErrMalformed},
+		"unknown type":         {`{"v":1,"type":"boom","id":"x","device":"a","at":"2026-01-01T00:00:00Z"}`, ErrMalformed},
+		"ping no payload":      {`{"v":1,"type":"ping_result","id":"x","device":"a","at":"2026-01-01T00:00:00Z"}`, ErrMalformed},
+		"no device":            {`{"v":1,"type":"heartbeat","id":"x","at":"2026-01-01T00:00:00Z"}`, ErrMalformed},
+		"no time":              {`{"v":1,"type":"heartbeat","id":"x","device":"a"}`, ErrMalformed},
 	}
 	for name, c := range cases {
 		if _, err := DecodeInput([]byte(c.in)); !errors.Is(err, c.want) {
@@ -181,6 +186,9 @@ func TestSubjectTokenSafeAndInjective(t *testing.T) {
 	}
 	if p, dev, err := ParseInputSubject(TickSubject(7)); err != nil || p != 7 || dev != "" {
 		t.Errorf("tick subject parsed as %d %q %v", p, dev, err)
+	}
+	if p, dev, err := ParseInputSubject(HoldSubject(5)); err != nil || p != 5 || dev != "" {
+		t.Errorf("hold subject parsed as %d %q %v", p, dev, err)
 	}
 }
 

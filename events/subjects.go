@@ -14,8 +14,9 @@ import (
 // Stream, bucket and subject names. Every subject devstatus publishes is built
 // by the functions below; a device id never appears raw in a subject.
 const (
-	// InputStream holds heartbeats, ping results, ticks and admin events,
-	// subjects "devstatus.in.<partition>.d.<token>" and "devstatus.in.<partition>.tick".
+	// InputStream holds heartbeats, ping results, ticks, admin events and
+	// outage-hold events, subjects "devstatus.in.<partition>.d.<token>",
+	// "devstatus.in.<partition>.tick" and "devstatus.in.<partition>.hold".
 	InputStream = "DEVSTATUS_IN"
 	// TransitionStream holds status changes, subjects "devstatus.tr.<partition>.<token>".
 	TransitionStream = "DEVSTATUS_TR"
@@ -130,6 +131,11 @@ func TickSubject(p int) string {
 	return "devstatus.in." + strconv.Itoa(p) + ".tick"
 }
 
+// HoldSubject is the input subject of partition p's outage-hold events.
+func HoldSubject(p int) string {
+	return "devstatus.in." + strconv.Itoa(p) + ".hold"
+}
+
 // PartitionFilter is the subject filter of partition p on the input stream.
 func PartitionFilter(p int) string {
 	return "devstatus.in." + strconv.Itoa(p) + ".>"
@@ -151,7 +157,7 @@ func TransitionPartitionFilter(p int) string {
 }
 
 // ParseInputSubject returns the partition of an input subject and, for device
-// events, the device id (empty for ticks).
+// events, the device id (empty for ticks and outage-hold events).
 func ParseInputSubject(subj string) (partition int, device string, err error) {
 	parts := strings.Split(subj, ".")
 	if len(parts) < 4 || parts[0] != "devstatus" || parts[1] != "in" {
@@ -162,7 +168,7 @@ func ParseInputSubject(subj string) (partition int, device string, err error) {
 		return 0, "", fmt.Errorf("events: bad partition in %q", subj)
 	}
 	switch {
-	case len(parts) == 4 && parts[3] == "tick":
+	case len(parts) == 4 && (parts[3] == "tick" || parts[3] == "hold"):
 		return p, "", nil
 	case len(parts) == 5 && parts[3] == "d":
 		id, err := DeviceIDFromToken(parts[4])

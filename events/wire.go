@@ -113,7 +113,7 @@ func appendString(b []byte, key, s string) []byte {
 // content as it was (the caller falls back to encoding/json).
 func appendHeartbeat(b []byte, e *Input) (_ []byte, ok bool) {
 	hb := e.Heartbeat
-	if e.Type != TypeHeartbeat || hb == nil || e.Ping != nil || e.Registered != nil || e.RemoteControl != nil ||
+	if e.Type != TypeHeartbeat || hb == nil || e.Ping != nil || e.Registered != nil || e.RemoteControl != nil || e.Hold != nil ||
 		e.V < 1 || e.V > 9 || !plainString(e.ID) || !plainString(e.Device) || !plainString(e.Actor) || !plainString(hb.Via) ||
 		(len(hb.Metrics) > 0 && (!plainRaw(hb.Metrics) || !validValue(hb.Metrics))) {
 		return b, false
@@ -241,6 +241,10 @@ func checkInput(e *Input) error {
 		if e.RemoteControl == nil {
 			missing = "remote_control"
 		}
+	case TypeOutageHoldStarted, TypeOutageHoldEnded:
+		if e.Hold == nil {
+			missing = "hold"
+		}
 	case TypeTick, TypeDeviceDecommissioned, TypeReconnectRequested, TypeReconnectDelivered:
 	default:
 		return fmt.Errorf("%w: unknown type %q", ErrMalformed, e.Type)
@@ -248,7 +252,7 @@ func checkInput(e *Input) error {
 	if missing != "" {
 		return fmt.Errorf("%w: %s event without %q", ErrMalformed, e.Type, missing)
 	}
-	if e.Type != TypeTick && e.Device == "" {
+	if e.Type != TypeTick && !e.Type.IsHold() && e.Device == "" {
 		return fmt.Errorf("%w: %s event without device", ErrMalformed, e.Type)
 	}
 	if e.At.IsZero() {

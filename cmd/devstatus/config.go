@@ -67,6 +67,8 @@ type config struct {
 	ProbeAllowCIDRs   string
 	// History retention (retention.go).
 	retentionConfig
+	// Outage hold (serve only).
+	OutageHold service.OutageHoldConfig
 
 	rolesRaw string
 	// adminFromOperator / pingFromOperator: the token came from a flag, the
@@ -132,6 +134,14 @@ func newFlagSet(name string, c *config) *flag.FlagSet {
 		fs.StringVar(&c.ProbeSchemes, "probe-schemes", "http,https", "schemes allowed in probe URLs (a subset of http,https)")
 		fs.BoolVar(&c.ProbeAllowPrivate, "probe-allow-private", false, "allow probe targets in private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)")
 		fs.StringVar(&c.ProbeAllowCIDRs, "probe-allow-cidrs", "", "comma-separated ranges probe targets may be in whatever their kind (loopback and link-local included), e.g. 10.20.0.0/16")
+		fs.BoolFunc("outage-hold", "hold disconnected transitions while most of the fleet goes silent together (the observer's fault, not the fleet's); --outage-hold=false turns it off (default true)", func(v string) error {
+			on, err := strconv.ParseBool(v)
+			c.OutageHold.Disabled = !on
+			return err
+		})
+		fs.Float64Var(&c.OutageHold.Fraction, "outage-hold-fraction", 0.5, "an outage hold starts when more than this share of the connected devices go silent within one --outage-hold-window, and ends when the share of the held devices still silent falls below it")
+		fs.IntVar(&c.OutageHold.MinDevices, "outage-hold-min-devices", 10, "least number of devices gone silent together that starts an outage hold")
+		fs.DurationVar(&c.OutageHold.Window, "outage-hold-window", 0, "the span within which silences count together (default: --offline-after)")
 	}
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
@@ -256,6 +266,14 @@ func (c *config) finish() error {
 	if c.HeartbeatEvery >= c.Thresholds.Default.OfflineAfter {
 		c.warnings = append(c.warnings, fmt.Sprintf("heartbeat interval (%s) is not shorter than offline_after (%s): every device will flap",
 			c.HeartbeatEvery, c.Thresholds.Default.OfflineAfter))
+	}
+	if h := c.OutageHold; h.Fraction != 0 || h.MinDevices != 0 { // the serve flags
+		if h.Fraction <= 0 || h.Fraction >= 1 {
+			errs = append(errs, fmt.Errorf("--outage-hold-fraction must be in (0, 1), got %g", h.Fraction))
+		}
+		if h.MinDevices < 1 || h.Window < 0 {
+			errs = append(errs, fmt.Errorf("--outage-hold-min-devices must be at least 1 and --outage-hold-window not negative"))
+		}
 	}
 	if err := c.finishPinger(); err != nil {
 		errs = append(errs, err)

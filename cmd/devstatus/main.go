@@ -186,6 +186,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		InstanceID: c.InstanceID, WorkerPartitions: c.workerParts, Logger: log,
 		ProbeAfter: c.ProbeAfter, PingMaxInterval: c.PingMaxInterval, Pinger: c.pinger,
 		HistoryRetention: c.HistoryRetention, HistoryPruneInterval: c.HistoryPruneInterval,
+		OutageHold: c.OutageHold,
 	})
 	if err != nil {
 		return err

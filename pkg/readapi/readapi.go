@@ -71,6 +71,25 @@ type Config struct {
 	Stream StreamConfig
 	// Registerer receives the API's metrics (see metrics.go); nil: none.
 	Registerer prometheus.Registerer
+	// Hold returns the outage hold's state and a channel closed at its
+	// next change (GET /v1/summary, GET /v1/stream). Nil: never on.
+	Hold func() (OutageHold, <-chan struct{})
+}
+
+// OutageHold is the outage hold's state: while Active, no device becomes
+// disconnected; Since is when it started (UTC; nil when none is on),
+// Reason why it started (or why the last one ended).
+type OutageHold struct {
+	Active bool       `json:"active"`
+	Since  *time.Time `json:"since"`
+	Reason string     `json:"reason"`
+}
+
+func (a *API) hold() (OutageHold, <-chan struct{}) {
+	if a.cfg.Hold == nil {
+		return OutageHold{}, nil
+	}
+	return a.cfg.Hold()
 }
 
 // API is the read API's handlers.
@@ -221,10 +240,12 @@ type CountsJSON struct {
 }
 
 // SummaryJSON is the answer of GET /v1/summary: the design's four counts at
-// the top level, plus total and the same counts per group ("" = no group).
+// the top level, plus total and the same counts per group ("" = no group),
+// and the outage hold: {"active": bool, "since": time|null, "reason": string}.
 type SummaryJSON struct {
 	CountsJSON
-	Groups map[string]CountsJSON `json:"groups"`
+	Groups     map[string]CountsJSON `json:"groups"`
+	OutageHold OutageHold            `json:"outage_hold"`
 }
 
 func countsJSON(c projections.Counts) CountsJSON {
@@ -357,6 +378,7 @@ func (a *API) handleSummary(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := SummaryJSON{CountsJSON: countsJSON(s.ByStatus), Groups: make(map[string]CountsJSON, len(s.ByGroup))}
+	out.OutageHold, _ = a.hold()
 	for g, c := range s.ByGroup {
 		out.Groups[g] = countsJSON(c)
 	}

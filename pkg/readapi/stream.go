@@ -76,6 +76,9 @@ const (
 	// and the server closes the connection. Reload the state (summary,
 	// lists) and reconnect without Last-Event-ID.
 	EventLagging = "lagging"
+	// EventOutageHold carries an [OutageHold]: sent first on every stream,
+	// then whenever the hold starts or ends (it has no SSE id).
+	EventOutageHold = "outage_hold"
 )
 
 // TransitionEventJSON is the data of a "transition" event of GET /v1/stream.
@@ -340,6 +343,12 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 		return rc.Flush()
 	}
 	fmt.Fprintf(&buf, "retry: %d\n: devstatus transitions\n\n", cfg.Retry.Milliseconds())
+	hold, holdChanged := a.hold()
+	appendHold := func() {
+		data, _ := json.Marshal(hold)
+		fmt.Fprintf(&buf, "event: %s\ndata: %s\n\n", EventOutageHold, data)
+	}
+	appendHold()
 	if err := write(); err != nil {
 		return
 	}
@@ -357,6 +366,13 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 				drop(dropConsumer)
 			}
 			return
+		case <-holdChanged:
+			hold, holdChanged = a.hold()
+			appendHold()
+			if err := write(); err != nil {
+				drop(dropWrite)
+				return
+			}
 		case <-hb.C:
 			if lastSeen > lastSent {
 				fmt.Fprintf(&buf, "id: %d\n\n", lastSeen)

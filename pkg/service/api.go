@@ -2,6 +2,8 @@ package service
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -37,7 +39,7 @@ func (s *Service) startAPI(db *sqlx.DB, mux *httpx.RecordingMux) error {
 	}
 	s.run(s.runCtx, RoleAPI, cache.Run)
 	api, err := readapi.New(readapi.Config{Store: cache, AdminToken: s.cfg.AdminToken, Auth: s.Tokens, Logger: s.log, Clock: s.cfg.Clock,
-		Registerer: s.reg, Stream: readapi.StreamConfig{JetStream: s.Bus.JS}})
+		Registerer: s.reg, Stream: readapi.StreamConfig{JetStream: s.Bus.JS}, Hold: s.holdState})
 	if err != nil {
 		return err
 	}
@@ -47,6 +49,7 @@ func (s *Service) startAPI(db *sqlx.DB, mux *httpx.RecordingMux) error {
 		auth = s.Tokens
 	}
 	mux.Handle("GET /v1/partitions", httpx.RequireRole(auth, httpx.RoleAdmin, http.HandlerFunc(s.handlePartitions)))
+	mux.Handle(PatternOutageHoldRelease, httpx.RequireRole(auth, httpx.RoleAdmin, http.HandlerFunc(s.handleHoldRelease)))
 	web.Routes(mux)
 	return nil
 }
@@ -64,6 +67,50 @@ func (s *Service) handlePartitions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpx.WriteJSON(w, http.StatusOK, own)
+}
+
+// PatternOutageHoldRelease is the operator's end of an outage hold (api
+// role, admin token).
+const PatternOutageHoldRelease = "POST /v1/outage-hold/release"
+
+// OutageHoldReleaseJSON is the answer of POST /v1/outage-hold/release:
+// released says whether a hold was on and its end was published (202: the
+// partitions apply it in their log order, moments later; 200 with released
+// false when no hold was on), outage_hold is the hold that was released (or
+// the state found).
+type OutageHoldReleaseJSON struct {
+	Released   bool               `json:"released"`
+	OutageHold readapi.OutageHold `json:"outage_hold"`
+}
+
+func outageHoldJSON(st worker.HoldState) readapi.OutageHold {
+	out := readapi.OutageHold{Active: st.Active, Reason: st.Reason}
+	if st.Active {
+		since := st.Since.UTC()
+		out.Since = &since
+	}
+	return out
+}
+
+func (s *Service) holdState() (readapi.OutageHold, <-chan struct{}) {
+	st, ch := s.Hold.State()
+	return outageHoldJSON(st), ch
+}
+
+func (s *Service) handleHoldRelease(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	st, err := worker.ReleaseHold(ctx, s.Bus, s.Hold, "admin", s.cfg.Clock.Now())
+	switch {
+	case errors.Is(err, worker.ErrNoHold):
+		httpx.WriteJSON(w, http.StatusOK, OutageHoldReleaseJSON{OutageHold: outageHoldJSON(st)})
+	case err != nil:
+		s.log.Warn("outage hold release failed", slog.Any("err", err))
+		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "the release could not be published; retry")
+	default:
+		s.log.Warn("outage hold released by an operator", slog.Time("since", st.Since), slog.String("reason", st.Reason))
+		httpx.WriteJSON(w, http.StatusAccepted, OutageHoldReleaseJSON{Released: true, OutageHold: outageHoldJSON(st)})
+	}
 }
 
 // devicesCollector exports devstatus_devices{status}: the fleet (not

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -107,16 +108,38 @@ type Config struct {
 	Clock clock.Clock
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
+	// OutageHold configures the hold on disconnects when most of the fleet
+	// goes silent together (on by default).
+	OutageHold OutageHoldConfig
+}
+
+// OutageHoldConfig configures the outage hold (worker.HoldConfig). Zero
+// values take the defaults.
+type OutageHoldConfig struct {
+	// Disabled turns the hold coordinator off: no hold ever starts (the
+	// partitions still apply hold events already in the log).
+	Disabled bool
+	// Fraction of the connected devices that must go silent together.
+	// Default 0.5.
+	Fraction float64
+	// MinDevices gone silent together. Default 10.
+	MinDevices int
+	// Window within which the silences count together. Default: the
+	// default offline_after.
+	Window time.Duration
 }
 
 // Service is a running devstatus process.
 type Service struct {
-	cfg      Config
-	log      *slog.Logger
-	reg      *prometheus.Registry
-	Bus      *bus.Bus
-	DB       *sql.DB
-	Worker   *worker.Worker
+	cfg    Config
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	Bus    *bus.Bus
+	DB     *sql.DB
+	Worker *worker.Worker
+	// Hold follows the outage hold's state (nil with neither the worker
+	// nor the api role).
+	Hold     *worker.HoldView
 	listener net.Listener
 	server   *http.Server
 	metricsL net.Listener
@@ -272,6 +295,27 @@ func (s *Service) run(ctx context.Context, name string, f func(context.Context) 
 
 func (s *Service) startRoles(ctx, runCtx context.Context, mux *httpx.RecordingMux) error {
 	cfg := s.cfg
+	if cfg.Has(RoleWorker) || cfg.Has(RoleAPI) {
+		s.Hold = worker.NewHoldView(s.Bus.JS, cfg.Logger, s.reg)
+		s.run(runCtx, "outage_hold_view", s.Hold.Run)
+	}
+	if cfg.Has(RoleWorker) && !cfg.OutageHold.Disabled {
+		window := cfg.OutageHold.Window
+		if window == 0 {
+			window = cfg.Thresholds.Default.OfflineAfter
+		}
+		id := cfg.InstanceID
+		if id == "" {
+			host, _ := os.Hostname()
+			id = fmt.Sprintf("%s-%d-%p", host, os.Getpid(), s)
+		}
+		hc, err := worker.NewHoldCoordinator(worker.HoldConfig{Bus: s.Bus, Fraction: cfg.OutageHold.Fraction, MinDevices: cfg.OutageHold.MinDevices,
+			Window: window, InstanceID: id, LeaseTTL: cfg.Bus.LeaseTTL, Logger: cfg.Logger, Registerer: s.reg}, s.Hold)
+		if err != nil {
+			return err
+		}
+		s.run(runCtx, "outage_hold", hc.Run)
+	}
 	if cfg.Has(RoleWorker) {
 		w, err := worker.New(worker.Config{Bus: s.Bus, Thresholds: cfg.Thresholds, InstanceID: cfg.InstanceID, Roles: cfg.Roles,
 			Probing:    worker.Probing{After: cfg.ProbeAfter, MaxInterval: cfg.PingMaxInterval},

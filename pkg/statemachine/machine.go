@@ -140,6 +140,31 @@ type Input struct {
 	At int64
 	// CheckedAt is when a probe was made (pings only), Unix ns; never later than At.
 	CheckedAt int64
+	// Hold is the partition's outage hold when the input is applied.
+	Hold Hold
+}
+
+// Hold is the outage hold of the fleet as the machine needs it (the
+// partition applies the hold events of its log and passes the result with
+// every input). The zero value is "no hold, never held".
+type Hold struct {
+	// Active: while a hold is on, no device becomes disconnected (devices
+	// still become temporarily_offline, with the hold named in the reason).
+	Active bool
+	// End is when the last hold ended, Unix ns (0: never). A device whose
+	// last liveness is older than End becomes disconnected at End +
+	// disconnect_after at the earliest: the rule is max(last liveness,
+	// End) + disconnect_after, and the transition is stamped with it.
+	End int64
+	// Reason is the active hold's reason, quoted in the reason of the
+	// transitions to temporarily_offline it sees.
+	Reason string
+}
+
+// disconnectBase is the instant from which disconnect_after counts: the
+// last liveness, or the end of the last hold if later.
+func disconnectBase(d *Device, h Hold) int64 {
+	return max(d.LastLiveness, h.End)
 }
 
 // Transition is one status change decided by the machine; the caller adds
@@ -228,27 +253,31 @@ func (m *Machine) change(ctx context.Context, d *Device, event string, code even
 
 // Deadline returns when the device's next timeout becomes due, in Unix ns:
 // the first instant at which [Machine.Apply] with a tick would change it, or
-// 0 when no timeout is pending (registered, disconnected). Silence of exactly
-// offline_after is still connected, so a connected device's deadline is
-// last heartbeat + offline_after + 1 ns.
-func Deadline(d *Device, th Thresholds) int64 {
+// 0 when no timeout is pending (registered, disconnected, and
+// temporarily_offline while a hold is on: the partition reschedules its
+// devices when the hold ends). Silence of exactly offline_after is still
+// connected, so a connected device's deadline is last heartbeat +
+// offline_after + 1 ns; a temporarily_offline one's is max(last liveness,
+// end of the last hold) + disconnect_after.
+func Deadline(d *Device, th Thresholds, h Hold) int64 {
 	switch d.Status {
 	case Connected:
 		return d.LastHeartbeat + int64(th.OfflineAfter) + 1
 	case TemporarilyOffline:
-		if d.LastLiveness == 0 {
+		if d.LastLiveness == 0 || h.Active {
 			return 0
 		}
-		return d.LastLiveness + int64(th.DisconnectAfter)
+		return disconnectBase(d, h) + int64(th.DisconnectAfter)
 	}
 	return 0
 }
 
 // timeouts applies the timeouts due at now (catch-up): connected →
 // temporarily_offline when now − last heartbeat > offline_after, stamped last
-// heartbeat + offline_after; temporarily_offline → disconnected when now − last
-// liveness ≥ disconnect_after, stamped last liveness + disconnect_after.
-func (m *Machine) timeouts(ctx context.Context, d *Device, th Thresholds, now, observed int64, out []Transition) ([]Transition, error) {
+// heartbeat + offline_after; temporarily_offline → disconnected when no hold
+// is on and now − max(last liveness, end of the last hold) ≥
+// disconnect_after, stamped with that instant.
+func (m *Machine) timeouts(ctx context.Context, d *Device, th Thresholds, h Hold, now, observed int64, out []Transition) ([]Transition, error) {
 	var err error
 	if d.Status == Connected && now-d.LastHeartbeat > int64(th.OfflineAfter) {
 		silence := time.Duration(observed - d.LastHeartbeat).Truncate(time.Second)
@@ -256,19 +285,28 @@ func (m *Machine) timeouts(ctx context.Context, d *Device, th Thresholds, now, o
 		if d.LastPingOK && d.LastPing > d.LastHeartbeat {
 			reason += "; answers probes"
 		}
+		if h.Active {
+			reason += "; outage hold on, not disconnected while it lasts"
+			if h.Reason != "" {
+				reason += " (" + h.Reason + ")"
+			}
+		}
 		out, err = m.change(ctx, d, evHeartbeatTimeout, events.ReasonHeartbeatTimeout, reason,
 			d.LastHeartbeat+int64(th.OfflineAfter), observed, out)
 		if err != nil {
 			return out, err
 		}
 	}
-	if d.Status == TemporarilyOffline && d.LastLiveness != 0 && now-d.LastLiveness >= int64(th.DisconnectAfter) {
+	if d.Status == TemporarilyOffline && d.LastLiveness != 0 && !h.Active && now-disconnectBase(d, h) >= int64(th.DisconnectAfter) {
 		reason := fmt.Sprintf("no heartbeat for %s (disconnect_after %s)", fmtDur(time.Duration(observed-d.LastHeartbeat).Truncate(time.Second)), fmtDur(th.DisconnectAfter))
 		if d.LastLiveness > d.LastHeartbeat {
 			reason = fmt.Sprintf("no heartbeat and no successful probe for %s (disconnect_after %s)", fmtDur(time.Duration(observed-d.LastLiveness).Truncate(time.Second)), fmtDur(th.DisconnectAfter))
 		}
+		if h.End > d.LastLiveness {
+			reason += fmt.Sprintf("; counted from the end of the outage hold at %s", time.Unix(0, h.End).UTC().Format(time.RFC3339))
+		}
 		out, err = m.change(ctx, d, evLivenessTimeout, events.ReasonLivenessTimeout, reason,
-			d.LastLiveness+int64(th.DisconnectAfter), observed, out)
+			disconnectBase(d, h)+int64(th.DisconnectAfter), observed, out)
 	}
 	return out, err
 }
@@ -280,6 +318,9 @@ func (m *Machine) timeouts(ctx context.Context, d *Device, th Thresholds, now, o
 //     already due at t (so history does not depend on tick placement), then
 //     → connected at t. A heartbeat not newer than the last (late or
 //     duplicated) changes nothing.
+//   - Outage hold (in.Hold): while it is active no device becomes
+//     disconnected; after it ended, disconnect_after counts from the later
+//     of the last liveness and the end of the hold.
 //   - Tick at T: the timeouts due at T. Silence of exactly offline_after is
 //     still connected; temporarily_offline starts when silence exceeds it;
 //     disconnected starts when silence (since the last liveness) reaches
@@ -300,14 +341,14 @@ func (m *Machine) Apply(ctx context.Context, d *Device, th Thresholds, in Input,
 	var err error
 	switch in.Kind {
 	case KindTick:
-		return m.timeouts(ctx, d, th, in.At, in.At, out)
+		return m.timeouts(ctx, d, th, in.Hold, in.At, in.At, out)
 
 	case KindHeartbeat:
 		if in.At <= d.LastHeartbeat {
 			return out, nil // late or duplicate: never moves anything backwards
 		}
 		if d.LastHeartbeat != 0 {
-			if out, err = m.timeouts(ctx, d, th, in.At, in.At, out); err != nil {
+			if out, err = m.timeouts(ctx, d, th, in.Hold, in.At, in.At, out); err != nil {
 				return out, err
 			}
 		}
@@ -334,7 +375,7 @@ func (m *Machine) Apply(ctx context.Context, d *Device, th Thresholds, in Input,
 			return out, nil
 		}
 		d.LastPing, d.LastPingOK = c, in.Kind == KindPingOK
-		if out, err = m.timeouts(ctx, d, th, c, in.At, out); err != nil {
+		if out, err = m.timeouts(ctx, d, th, in.Hold, c, in.At, out); err != nil {
 			return out, err
 		}
 		age := fmtDur(time.Duration(c - d.LastHeartbeat).Truncate(time.Second))

@@ -220,21 +220,21 @@ func TestSharedMachineInterleaved(t *testing.T) {
 func TestDeadline(t *testing.T) {
 	th := DefaultThresholds
 	d := Device{Status: Connected, LastHeartbeat: s(0), LastLiveness: s(0)}
-	if got := Deadline(&d, th); got != s(40)+1 {
+	if got := Deadline(&d, th, Hold{}); got != s(40)+1 {
 		t.Errorf("connected deadline %d", got-origin)
 	}
 	d.Status = TemporarilyOffline
-	if got := Deadline(&d, th); got != s(300) {
+	if got := Deadline(&d, th, Hold{}); got != s(300) {
 		t.Errorf("offline deadline %d", got-origin)
 	}
 	d.Status = Disconnected
-	if Deadline(&d, th) != 0 {
+	if Deadline(&d, th, Hold{}) != 0 {
 		t.Error("disconnected has no deadline")
 	}
 	// A tick at the deadline changes the device; one ns earlier does not.
 	for _, st := range []Status{Connected, TemporarilyOffline} {
 		dv := Device{Status: st, LastHeartbeat: s(0), LastLiveness: s(0)}
-		dl := Deadline(&dv, th)
+		dl := Deadline(&dv, th, Hold{})
 		m := NewMachine()
 		before := dv
 		if out, _ := m.Apply(context.Background(), &before, th, Input{Kind: KindTick, At: dl - 1}, nil); len(out) != 0 {
@@ -310,5 +310,51 @@ func TestTimeoutReasonSaysDeviceAnswersProbes(t *testing.T) {
 	_, got := run(t, DefaultThresholds, []Input{hb(0), pingOK(35, 35), tick(41)})
 	if len(got) != 2 || !strings.HasSuffix(got[1].Reason, "; answers probes") {
 		t.Fatalf("got %v %q", show(got), got[len(got)-1].Reason)
+	}
+}
+
+// TestOutageHold: while a hold is on a silent device still becomes
+// temporarily_offline (the reason names the hold) but never disconnected,
+// however long the silence; after the hold ends at E it becomes
+// disconnected at E + disconnect_after, stamped so, and not a ns earlier;
+// a device whose silence began after E is judged as usual.
+func TestOutageHold(t *testing.T) {
+	th := DefaultThresholds
+	m := NewMachine()
+	ctx := context.Background()
+	on := Hold{Active: true, Reason: "most of the fleet went silent"}
+	d := Device{Status: Connected, LastHeartbeat: s(0), LastLiveness: s(0)}
+	out, err := m.Apply(ctx, &d, th, Input{Kind: KindTick, At: s(41), Hold: on}, nil)
+	if err != nil || len(out) != 1 || out[0].To != TemporarilyOffline || !strings.Contains(out[0].Reason, "outage hold on") {
+		t.Fatalf("under hold: %+v %v", out, err)
+	}
+	if Deadline(&d, th, on) != 0 {
+		t.Error("a held device has a disconnect deadline")
+	}
+	if out, _ := m.Apply(ctx, &d, th, Input{Kind: KindTick, At: s(1000), Hold: on}, nil); len(out) != 0 {
+		t.Fatalf("disconnected during the hold: %+v", out)
+	}
+	ended := Hold{End: s(1000)}
+	if got := Deadline(&d, th, ended); got != s(1300) {
+		t.Fatalf("deadline after the hold %d, want end + 300s", got-origin)
+	}
+	if out, _ := m.Apply(ctx, &d, th, Input{Kind: KindTick, At: s(1300) - 1, Hold: ended}, nil); len(out) != 0 {
+		t.Fatalf("disconnected before end + disconnect_after: %+v", out)
+	}
+	out, _ = m.Apply(ctx, &d, th, Input{Kind: KindTick, At: s(1301), Hold: ended}, nil)
+	if len(out) != 1 || out[0].To != Disconnected || out[0].At != s(1300) {
+		t.Fatalf("after the hold: %+v", out)
+	}
+	// Silence that began after the end: the usual rule.
+	e := Device{Status: Connected, LastHeartbeat: s(2000), LastLiveness: s(2000)}
+	out, _ = m.Apply(ctx, &e, th, Input{Kind: KindTick, At: s(2400), Hold: ended}, nil)
+	if len(out) != 2 || out[1].To != Disconnected || out[1].At != s(2300) || strings.Contains(out[0].Reason, "hold") {
+		t.Fatalf("silence after the hold: %+v", out)
+	}
+	// A heartbeat during the hold brings the device back as usual.
+	f := Device{Status: Connected, LastHeartbeat: s(0), LastLiveness: s(0)}
+	out, _ = m.Apply(ctx, &f, th, Input{Kind: KindHeartbeat, At: s(500), Hold: on}, nil)
+	if len(out) != 2 || out[0].To != TemporarilyOffline || out[1].To != Connected {
+		t.Fatalf("comeback during the hold: %+v", out)
 	}
 }

@@ -66,7 +66,12 @@ func LeaseKey(p int) string { return "p" + strconv.Itoa(p) }
 // stopped without releasing it). It returns errLeaseHeld when another owner
 // holds it.
 func acquireLease(ctx context.Context, kv jetstream.KeyValue, p int, owner string, ttl time.Duration) (*lease, error) {
-	key := LeaseKey(p)
+	return acquireLeaseKey(ctx, kv, LeaseKey(p), owner, ttl)
+}
+
+// acquireLeaseKey takes the lease named key (partitions use "p<n>", the
+// outage-hold coordinator [HoldLeaseKey]), as acquireLease does.
+func acquireLeaseKey(ctx context.Context, kv jetstream.KeyValue, key, owner string, ttl time.Duration) (*lease, error) {
 	now := time.Now().UTC().Truncate(time.Millisecond) // shown in GET /v1/partitions; never decides anything
 	val, _ := json.Marshal(LeaseValue{Owner: owner, Since: now})
 	rev, err := kv.Create(ctx, key, val)

@@ -117,6 +117,12 @@ type partition struct {
 	now int64  // newest tick time applied, Unix ns
 	seq uint64 // last input stream sequence applied
 
+	// hold is the outage hold as the log says (outage_hold_started and
+	// outage_hold_ended events, applied in log order); holdSince is when
+	// the active hold started, Unix ns (0 when none is on).
+	hold      statemachine.Hold
+	holdSince int64
+
 	scratch []statemachine.Transition
 	due     []int32
 }
@@ -190,7 +196,7 @@ func (s *partition) newTrSeq(id string) uint64 {
 // probe, whichever comes first; 0 when neither is pending.
 func (s *partition) wake(i int32) int64 {
 	d := &s.devs[i]
-	nd := statemachine.Deadline(d, s.groupTh[d.Group])
+	nd := statemachine.Deadline(d, s.groupTh[d.Group], s.hold)
 	if p := s.probes[i].Next; p != 0 && (nd == 0 || p < nd) {
 		nd = p
 	}
@@ -214,6 +220,8 @@ type applyResult struct {
 	Skipped bool
 	// Ignored names why an event had no effect ("unknown_device", "stale_tick", …), "" otherwise.
 	Ignored string
+	// HoldChanged: the input started or ended the outage hold.
+	HoldChanged bool
 }
 
 // apply applies the input at stream sequence seq and appends the transitions
@@ -276,7 +284,7 @@ func (s *partition) applyAll(seq uint64, in *events.Input, out []events.StatusCh
 		for _, i := range s.due {
 			d := &s.devs[i]
 			var err error
-			s.scratch, err = s.m.Apply(ctx, d, s.groupTh[d.Group], statemachine.Input{Kind: statemachine.KindTick, At: at}, s.scratch[:0])
+			s.scratch, err = s.m.Apply(ctx, d, s.groupTh[d.Group], statemachine.Input{Kind: statemachine.KindTick, At: at, Hold: s.hold}, s.scratch[:0])
 			if err != nil {
 				return out, probes, res, err
 			}
@@ -295,6 +303,32 @@ func (s *partition) applyAll(seq uint64, in *events.Input, out []events.StatusCh
 				}
 			}
 			s.schedule(i)
+		}
+		return out, probes, res, nil
+
+	case events.TypeOutageHoldStarted:
+		if s.hold.Active {
+			res.Ignored = "hold_already_on"
+			return out, probes, res, nil
+		}
+		s.hold.Active, s.holdSince, s.hold.Reason = true, at, in.Hold.Reason
+		res.HoldChanged = true
+		return out, probes, res, nil
+
+	case events.TypeOutageHoldEnded:
+		if !s.hold.Active {
+			res.Ignored = "no_hold_on"
+			return out, probes, res, nil
+		}
+		s.hold = statemachine.Hold{End: max(at, s.hold.End)}
+		s.holdSince = 0
+		res.HoldChanged = true
+		// Held devices had no disconnect deadline: give them theirs,
+		// max(last liveness, end) + disconnect_after (statemachine.Deadline).
+		for i := range s.devs {
+			if s.ids[i] != "" && s.devs[i].Status == statemachine.TemporarilyOffline {
+				s.schedule(int32(i))
+			}
 		}
 		return out, probes, res, nil
 
@@ -325,7 +359,7 @@ func (s *partition) applyAll(seq uint64, in *events.Input, out []events.StatusCh
 			res.Ignored = "unknown_device"
 			return out, probes, res, nil
 		}
-		mi := statemachine.Input{Kind: statemachine.KindHeartbeat, At: at}
+		mi := statemachine.Input{Kind: statemachine.KindHeartbeat, At: at, Hold: s.hold}
 		if in.Type == events.TypePingResult {
 			mi.Kind = statemachine.KindPingFailed
 			if in.Ping.OK {
@@ -426,8 +460,9 @@ func (h *deadlines) pop() deadline {
 // snapshotVersion is bumped when the snapshot layout changes; an unknown
 // version is ignored (the worker replays the log from the start instead).
 // Version 2 (no transition sequences) is still read: its devices' trSeq is
-// then unknown, read from the stream before their next transition.
-const snapshotVersion = 3
+// then unknown, read from the stream before their next transition. Version
+// 3 (no outage hold) is still read as "no hold, never held".
+const snapshotVersion = 4
 
 // snapshot is the persisted state of a partition.
 type snapshot struct {
@@ -445,6 +480,12 @@ type snapshot struct {
 	TrSeqs  []uint64
 	Retired map[string]uint64
 	TrFresh bool
+	// Version 4: the outage hold (statemachine.Hold and the active hold's
+	// start, Unix ns).
+	HoldActive bool
+	HoldEnd    int64
+	HoldReason string
+	HoldSince  int64
 }
 
 // takeSnapshot copies the live state (cheap: ids are shared strings).
@@ -461,6 +502,7 @@ func (s *partition) takeSnapshot() *snapshot {
 		}
 	}
 	sn.TrFresh = s.trFresh
+	sn.HoldActive, sn.HoldEnd, sn.HoldReason, sn.HoldSince = s.hold.Active, s.hold.End, s.hold.Reason, s.holdSince
 	return sn
 }
 
@@ -477,7 +519,7 @@ func decodeSnapshot(b []byte) (*snapshot, error) {
 	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&sn); err != nil {
 		return nil, fmt.Errorf("worker: decode snapshot: %w", err)
 	}
-	if sn.Version != snapshotVersion && sn.Version != 2 {
+	if sn.Version < 2 || sn.Version > snapshotVersion {
 		return nil, fmt.Errorf("worker: snapshot version %d, want %d", sn.Version, snapshotVersion)
 	}
 	if len(sn.IDs) != len(sn.Devices) || len(sn.IDs) != len(sn.Probes) || (sn.Version >= 3 && len(sn.TrSeqs) != len(sn.IDs)) {
@@ -495,6 +537,8 @@ func (s *partition) restore(sn *snapshot) error {
 	*s = *fresh
 	s.seq, s.now = sn.Seq, sn.Now
 	s.trFresh = sn.Version >= 3 && sn.TrFresh
+	s.hold = statemachine.Hold{Active: sn.HoldActive, End: sn.HoldEnd, Reason: sn.HoldReason}
+	s.holdSince = sn.HoldSince
 	if sn.Retired != nil {
 		s.retired = sn.Retired
 	}

@@ -421,6 +421,10 @@ loop:
 		if res.Ignored != "" {
 			w.m.ignored.WithLabelValues(res.Ignored).Inc()
 		}
+		if res.HoldChanged {
+			log.Info("outage hold "+map[bool]string{true: "on", false: "off"}[st.hold.Active], slog.String("type", string(in.Type)),
+				slog.String("reason", in.Hold.Reason), slog.Time("at", in.At), slog.Uint64("seq", seq))
+		}
 		for i := range trs {
 			if err := out.enqueue(ctx, &trs[i]); err != nil {
 				return err
