@@ -190,13 +190,15 @@ func (v *HoldView) follow(ctx context.Context) error {
 // start> (JetStream deduplicates per stream, hence the partition: a
 // coordinator taking over, or a release racing the coordinator's end,
 // publishes the same ids for the same hold). It retries each partition until
-// ctx ends.
+// ctx ends, partition 0 last.
 func publishHold(ctx context.Context, js jetstream.JetStream, partitions int, in *events.Input, since time.Time) error {
 	kind := "start"
 	if in.Type == events.TypeOutageHoldEnded {
 		kind = "end"
 	}
-	for p := 0; p < partitions; p++ {
+	// Partition 0 last: the view follows partition 0, so once it shows
+	// the event every partition's log holds it.
+	for p := partitions - 1; p >= 0; p-- {
 		e := *in
 		e.ID = "hold-" + kind + "-" + strconv.Itoa(p) + "-" + strconv.FormatInt(since.UnixNano(), 10)
 		data, err := events.EncodeInput(&e)
