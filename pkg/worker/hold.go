@@ -392,9 +392,14 @@ func (f *fleet) apply(sc *events.StatusChanged) {
 
 // recentSilent lists the devices still temporarily_offline that went silent
 // after from.
-func (f *fleet) recentSilent(from time.Time) []string {
+// Entries older than old are dropped (they can never count again).
+func (f *fleet) recentSilent(from, old time.Time) []string {
 	var out []string
 	for id, at := range f.offAt {
+		if !at.After(old) {
+			delete(f.offAt, id)
+			continue
+		}
 		if at.After(from) && f.status[id] == events.StatusTemporarilyOffline {
 			out = append(out, id)
 		}
@@ -446,7 +451,7 @@ func (c *HoldCoordinator) judge(ctx context.Context, f *fleet) error {
 		if st.Ended.After(from) {
 			from = st.Ended // silences a hold already covered do not start another
 		}
-		silent := f.recentSilent(from)
+		silent := f.recentSilent(from, f.now.Add(-c.cfg.Window))
 		if len(silent) < c.cfg.MinDevices || float64(len(silent)) <= c.cfg.Fraction*float64(f.connected+len(silent)) {
 			return nil
 		}
