@@ -658,12 +658,13 @@ func TestTransitionsAndSummary(t *testing.T) {
 	}
 }
 
-// An empty fleet still answers every status key with 0.
+// An empty fleet still answers every status key with 0, and the outage
+// hold (off without a hold source).
 func TestSummaryEmpty(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	_, body := f.get(t, "/v1/summary", nil)
-	if strings.TrimSpace(body) != `{"registered":0,"connected":0,"temporarily_offline":0,"disconnected":0,"total":0,"groups":{}}` {
+	if strings.TrimSpace(body) != `{"registered":0,"connected":0,"temporarily_offline":0,"disconnected":0,"total":0,"groups":{},"outage_hold":{"active":false,"since":null,"reason":""}}` {
 		t.Errorf("empty summary: %s", body)
 	}
 }

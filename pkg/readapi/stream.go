@@ -77,7 +77,8 @@ const (
 	// lists) and reconnect without Last-Event-ID.
 	EventLagging = "lagging"
 	// EventOutageHold carries an [OutageHold]: sent first on every stream,
-	// then whenever the hold starts or ends (it has no SSE id).
+	// then whenever the hold starts or ends (it has no SSE id). Only with
+	// a hold source (Config.Hold).
 	EventOutageHold = "outage_hold"
 )
 
@@ -348,7 +349,9 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 		data, _ := json.Marshal(hold)
 		fmt.Fprintf(&buf, "event: %s\ndata: %s\n\n", EventOutageHold, data)
 	}
-	appendHold()
+	if a.cfg.Hold != nil {
+		appendHold()
+	}
 	if err := write(); err != nil {
 		return
 	}
