@@ -76,8 +76,9 @@ const PatternOutageHoldRelease = "POST /v1/outage-hold/release"
 // OutageHoldReleaseJSON is the answer of POST /v1/outage-hold/release:
 // released says whether a hold was on and its end was published (202: the
 // partitions apply it in their log order, moments later; 200 with released
-// false when no hold was on), outage_hold is the hold that was released (or
-// the state found).
+// false when no hold was on; 503 before this instance has read the hold's
+// state, or when the end could not be published), outage_hold is the hold
+// that was released (or the state found).
 type OutageHoldReleaseJSON struct {
 	Released   bool               `json:"released"`
 	OutageHold readapi.OutageHold `json:"outage_hold"`
@@ -98,6 +99,10 @@ func (s *Service) holdState() (readapi.OutageHold, <-chan struct{}) {
 }
 
 func (s *Service) handleHoldRelease(w http.ResponseWriter, r *http.Request) {
+	if !s.Hold.Ready() {
+		httpx.WriteError(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "the outage hold's state is not read yet; retry")
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	st, err := worker.ReleaseHold(ctx, s.Bus, s.Hold, "admin", s.cfg.Clock.Now())
