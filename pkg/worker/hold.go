@@ -120,69 +120,31 @@ func (v *HoldView) set(st HoldState) {
 	}
 }
 
-// Run follows partition 0's hold subject (from its last event) until ctx
-// ends, re-creating its consumer after errors. It returns nil when ctx ends.
+// Run follows partition 0's hold subject (from its last event, with a
+// bus.Follower: a lost consumer is replaced after a backoff) until ctx
+// ends. It returns nil when ctx ends.
 func (v *HoldView) Run(ctx context.Context) error {
-	for backoff := 100 * time.Millisecond; ctx.Err() == nil; backoff = min(backoff*2, 5*time.Second) {
-		err := v.follow(ctx)
-		if ctx.Err() != nil {
-			break
-		}
-		v.log.Warn("outage hold view: following the hold subject failed; retrying", slog.Any("err", err))
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-	}
-	return nil
-}
-
-func (v *HoldView) follow(ctx context.Context) error {
-	subj := events.HoldSubject(0)
-	stream, err := v.js.Stream(ctx, events.InputStream)
+	f, err := bus.NewFollower(bus.FollowConfig{Name: "outage_hold_view", JetStream: v.js, Stream: events.InputStream,
+		FilterSubjects: []string{events.HoldSubject(0)}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, Logger: v.log,
+		Handle: func(_ context.Context, m *bus.Msg) error {
+			in, err := events.DecodeInput(m.Data)
+			if err != nil || !in.Type.IsHold() {
+				v.log.Warn("outage hold view: skipping an event that is not a hold event", slog.Uint64("seq", m.Seq), slog.Any("err", err))
+				return nil
+			}
+			v.set(holdStateOf(in))
+			return nil
+		},
+		OnCaughtUp: func() { // no hold event at all: "no hold", now known
+			v.mu.Lock()
+			v.ready = true
+			v.mu.Unlock()
+		},
+	})
 	if err != nil {
 		return err
 	}
-	// The state before the first message: the last hold event, if any.
-	var start uint64
-	if m, err := stream.GetLastMsgForSubject(ctx, subj); err == nil {
-		in, err := events.DecodeInput(m.Data)
-		if err != nil {
-			return fmt.Errorf("last hold event (seq %d): %w", m.Sequence, err)
-		}
-		v.set(holdStateOf(in))
-		start = m.Sequence + 1
-	} else if errors.Is(err, jetstream.ErrMsgNotFound) {
-		v.set(HoldState{})
-	} else {
-		return err
-	}
-	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}, DeliverPolicy: jetstream.DeliverNewPolicy}
-	if start > 0 {
-		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
-	}
-	cons, err := v.js.OrderedConsumer(ctx, events.InputStream, occ)
-	if err != nil {
-		return err
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return err
-	}
-	defer context.AfterFunc(ctx, it.Stop)()
-	defer it.Stop()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			return err
-		}
-		in, err := events.DecodeInput(m.Data())
-		if err != nil || !in.Type.IsHold() {
-			v.log.Warn("outage hold view: skipping an event that is not a hold event", slog.String("subject", m.Subject()), slog.Any("err", err))
-			continue
-		}
-		v.set(holdStateOf(in))
-	}
+	return f.Run(ctx)
 }
 
 // publishHold publishes one hold event on every partition's hold subject,
@@ -408,37 +370,27 @@ func (f *fleet) recentSilent(from, old time.Time) []string {
 }
 
 func (c *HoldCoordinator) coordinate(ctx context.Context) error {
-	b := c.cfg.Bus
-	cons, err := b.JS.OrderedConsumer(ctx, events.TransitionStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{events.TransitionSubjects}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+	fl := &fleet{status: map[string]events.Status{}, offAt: map[string]time.Time{}}
+	n := 0
+	f, err := bus.NewFollower(bus.FollowConfig{Name: "outage_hold", JetStream: c.cfg.Bus.JS, Stream: events.TransitionStream,
+		FilterSubjects: []string{events.TransitionSubjects}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+		PullMaxMessages: 1000, Logger: c.log,
+		Handle: func(ctx context.Context, m *bus.Msg) error {
+			sc, err := events.DecodeStatusChanged(m.Data)
+			if err != nil {
+				return nil // the projector reports it; it says nothing about the fleet
+			}
+			fl.apply(sc)
+			if n++; m.Pending == 0 || n%1000 == 0 { // judge at the end of a burst (and every 1000 in a long one)
+				return c.judge(ctx, fl)
+			}
+			return nil
+		},
+	})
 	if err != nil {
-		return fmt.Errorf("worker: outage hold consumer: %w", err)
+		return fmt.Errorf("worker: outage hold follower: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(1000))
-	if err != nil {
-		return fmt.Errorf("worker: outage hold consume: %w", err)
-	}
-	defer context.AfterFunc(ctx, it.Stop)()
-	defer it.Stop()
-	f := &fleet{status: map[string]events.Status{}, offAt: map[string]time.Time{}}
-	for n := 0; ; n++ {
-		m, err := it.Next()
-		if err != nil {
-			return err
-		}
-		sc, err := events.DecodeStatusChanged(m.Data())
-		if err != nil {
-			continue // the projector reports it; it says nothing about the fleet
-		}
-		f.apply(sc)
-		md, err := m.Metadata()
-		if err != nil || (md.NumPending > 0 && n%1000 != 0) {
-			continue // judge at the end of a burst (and every 1000 in a long one)
-		}
-		if err := c.judge(ctx, f); err != nil {
-			return err
-		}
-	}
+	return f.Run(ctx)
 }
 
 // judge applies the rule to the fleet as it stands and publishes a start or
