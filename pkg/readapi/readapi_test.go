@@ -739,3 +739,32 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		t.Error("no admin token accepted")
 	}
 }
+
+// GET /v1/summary carries the hold source's state: active with its start
+// (RFC 3339 UTC) and reason, and since null once it ended.
+func TestSummaryOutageHold(t *testing.T) {
+	t.Parallel()
+	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := OutageHold{Active: true, Since: &since, Reason: "12 of 20 connected devices went silent within 40s"}
+	a, err := New(Config{Store: nilReader{}, AdminToken: token, Hold: func() (OutageHold, <-chan struct{}) { return st, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func() string {
+		req := httptest.NewRequest("GET", "/v1/summary", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		a.Handler().ServeHTTP(rec, req)
+		if rec.Code != 200 {
+			t.Fatalf("summary: %d %s", rec.Code, rec.Body)
+		}
+		return rec.Body.String()
+	}
+	if body := get(); !strings.Contains(body, `"outage_hold":{"active":true,"since":"2026-01-02T03:04:05Z","reason":"12 of 20 connected devices went silent within 40s"}`) {
+		t.Errorf("active hold: %s", body)
+	}
+	st = OutageHold{Reason: "released by admin"}
+	if body := get(); !strings.Contains(body, `"outage_hold":{"active":false,"since":null,"reason":"released by admin"}`) {
+		t.Errorf("ended hold: %s", body)
+	}
+}
