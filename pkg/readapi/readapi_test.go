@@ -751,7 +751,7 @@ func TestSummaryOutageHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	get := func() string {
-		req := httptest.NewRequest("GET", "/v1/summary", nil)
+		req := httptest.NewRequest(http.MethodGet, "/v1/summary", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		rec := httptest.NewRecorder()
 		a.Handler().ServeHTTP(rec, req)

@@ -76,7 +76,7 @@ func (f *holdFleet) heartbeat(ids []string) {
 }
 
 func post(u, token string) int {
-	req, _ := http.NewRequest("POST", u, nil)
+	req, _ := http.NewRequest(http.MethodPost, u, nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -128,10 +128,10 @@ func (f *holdFleet) holdEvents() <-chan readapi.OutageHold {
 	f.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f.t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, "GET", f.base+"/v1/stream", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.base+"/v1/stream", nil)
 	req.Header.Set("Authorization", "Bearer admin")
 	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != 200 {
+	if err != nil || resp.StatusCode != http.StatusOK {
 		f.t.Fatalf("stream: %v %v", err, resp)
 	}
 	out := make(chan readapi.OutageHold, 16)

@@ -262,7 +262,7 @@ func NewHoldCoordinator(cfg HoldConfig, view *HoldView) (*HoldCoordinator, error
 	}
 	var errs []error
 	if cfg.Bus == nil || view == nil {
-		errs = append(errs, errors.New("Bus and view are required"))
+		errs = append(errs, errors.New("the bus and the view are required"))
 	}
 	if cfg.InstanceID == "" {
 		errs = append(errs, errors.New("InstanceID is required"))
@@ -376,11 +376,11 @@ func (c *HoldCoordinator) coordinate(ctx context.Context) error {
 		FilterSubjects: []string{events.TransitionSubjects}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
 		PullMaxMessages: 1000, Logger: c.log,
 		Handle: func(ctx context.Context, m *bus.Msg) error {
-			sc, err := events.DecodeStatusChanged(m.Data)
-			if err != nil {
-				return nil // the projector reports it; it says nothing about the fleet
+			// An undecodable transition says nothing about the fleet (the
+			// projector reports it): skipped.
+			if sc, err := events.DecodeStatusChanged(m.Data); err == nil {
+				fl.apply(sc)
 			}
-			fl.apply(sc)
 			if n++; m.Pending == 0 || n%1000 == 0 { // judge at the end of a burst (and every 1000 in a long one)
 				return c.judge(ctx, fl)
 			}
