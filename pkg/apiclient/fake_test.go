@@ -192,3 +192,7 @@ func (e *edge) StatusAt(context.Context, string, time.Time) (*projections.PastSt
 func (e *edge) Availability(context.Context, string, time.Time, time.Time) (*projections.Availability, error) {
 	return nil, projections.ErrNotFound
 }
+
+func (e *edge) FleetTransitions(context.Context, projections.TransitionFilter) (*projections.TransitionPage, error) {
+	return &projections.TransitionPage{Transitions: []projections.Transition{}}, nil
+}

@@ -273,6 +273,11 @@ func (c *Cache) Availability(ctx context.Context, id string, from, to time.Time)
 	return c.cfg.Store.Availability(ctx, id, from, to)
 }
 
+// FleetTransitions reads the store (history is not cached).
+func (c *Cache) FleetTransitions(ctx context.Context, f projections.TransitionFilter) (*projections.TransitionPage, error) {
+	return c.cfg.Store.FleetTransitions(ctx, f)
+}
+
 // Collectors returns the cache's Prometheus collectors:
 //
 //	devstatus_readapi_cache_hits_total          counter  device reads answered from memory

@@ -34,6 +34,8 @@ const (
 	PatternStatusAt    = "GET /v1/devices/{id}/status"
 	PatternAvail       = "GET /v1/devices/{id}/availability"
 	PatternStream      = "GET /v1/stream"
+	// PatternFleetTransitions is every device's history, paged (export.go).
+	PatternFleetTransitions = "GET /v1/transitions"
 )
 
 // ErrInvalidConfig wraps every configuration error of [New].
@@ -49,6 +51,7 @@ type Reader interface {
 	Summary(ctx context.Context) (*projections.Summary, error)
 	StatusAt(ctx context.Context, id string, at time.Time) (*projections.PastStatus, error)
 	Availability(ctx context.Context, id string, from, to time.Time) (*projections.Availability, error)
+	FleetTransitions(ctx context.Context, f projections.TransitionFilter) (*projections.TransitionPage, error)
 }
 
 // Config configures an [API].
@@ -155,6 +158,7 @@ func (a *API) Routes(mux httpx.Mux) {
 	mux.Handle(PatternSummary, auth("summary", a.handleSummary))
 	mux.Handle(PatternStatusAt, auth("status_at", a.handleStatusAt))
 	mux.Handle(PatternAvail, auth("availability", a.handleAvailability))
+	mux.Handle(PatternFleetTransitions, auth("fleet_transitions", a.handleFleetTransitions))
 	mux.Handle(PatternStream, a.requireStreamToken(http.HandlerFunc(a.handleStream)))
 }
 
@@ -289,7 +293,11 @@ func (a *API) handleDevice(w http.ResponseWriter, r *http.Request) {
 func (a *API) handleList(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	var f projections.ListFilter
-	var err error
+	asCSV, err := wantCSV(r)
+	if err != nil {
+		badRequest(w, err)
+		return
+	}
 	if f.Status, err = parseStatus(q); err != nil {
 		badRequest(w, err)
 		return
@@ -322,6 +330,14 @@ func (a *API) handleList(w http.ResponseWriter, r *http.Request) {
 		a.writeStoreError(w, r, err)
 		return
 	}
+	if asCSV {
+		rows := make([][]string, len(page.Devices))
+		for i := range page.Devices {
+			rows[i] = DeviceCSVRecord(&page.Devices[i])
+		}
+		a.writeCSV(w, r, "devices.csv", DeviceCSVColumns, rows, page.NextCursor)
+		return
+	}
 	out := ListJSON{Devices: make([]DeviceJSON, 0, len(page.Devices))}
 	for i := range page.Devices {
 		out.Devices = append(out.Devices, deviceJSON(&page.Devices[i]))
@@ -336,6 +352,11 @@ func (a *API) handleList(w http.ResponseWriter, r *http.Request) {
 func (a *API) handleTransitions(w http.ResponseWriter, r *http.Request) {
 	id, ok := deviceID(w, r)
 	if !ok {
+		return
+	}
+	asCSV, err := wantCSV(r)
+	if err != nil {
+		badRequest(w, err)
 		return
 	}
 	q := r.URL.Query()
@@ -359,6 +380,14 @@ func (a *API) handleTransitions(w http.ResponseWriter, r *http.Request) {
 	trs, err := a.cfg.Store.Transitions(ctx, id, from, to, limit)
 	if err != nil {
 		a.writeStoreError(w, r, err)
+		return
+	}
+	if asCSV {
+		rows := make([][]string, len(trs))
+		for i := range trs {
+			rows[i] = TransitionCSVRecord(&trs[i])
+		}
+		a.writeCSV(w, r, "transitions.csv", TransitionCSVColumns, rows, "")
 		return
 	}
 	out := TransitionsJSON{Transitions: make([]TransitionJSON, 0, len(trs))}

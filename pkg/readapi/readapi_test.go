@@ -729,6 +729,9 @@ func (nilReader) StatusAt(context.Context, string, time.Time) (*projections.Past
 func (nilReader) Availability(context.Context, string, time.Time, time.Time) (*projections.Availability, error) {
 	return nil, projections.ErrNotFound
 }
+func (nilReader) FleetTransitions(context.Context, projections.TransitionFilter) (*projections.TransitionPage, error) {
+	return &projections.TransitionPage{}, nil
+}
 
 func TestNewRefusesBadConfig(t *testing.T) {
 	t.Parallel()
