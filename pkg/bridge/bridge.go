@@ -75,7 +75,11 @@ type Config struct {
 	// minute. 0 = off; negative is invalid.
 	RatePerMinute int
 	// MaxBodyBytes bounds a request body, in bytes. Default 64 KiB.
+	// (POST /v1/devices/import has its own bound, MaxImportBodyBytes.)
 	MaxBodyBytes int64
+	// ImportParallel is how many registrations of one POST
+	// /v1/devices/import run at a time. Default DefaultImportParallel (32).
+	ImportParallel int
 	// MaxMetrics bounds the number of metric keys in a heartbeat. Default 64.
 	MaxMetrics int
 	// MaxMetricBytes bounds one metric value's JSON, in bytes. Default 4 KiB.
@@ -102,6 +106,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.ImportParallel == 0 {
+		c.ImportParallel = DefaultImportParallel
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
@@ -142,6 +149,9 @@ func (c *Config) validate() error {
 	}
 	if c.RatePerMinute < 0 {
 		errs = append(errs, fmt.Errorf("RatePerMinute must be >= 0 (0 = off), got %d", c.RatePerMinute))
+	}
+	if c.ImportParallel < 1 {
+		errs = append(errs, fmt.Errorf("ImportParallel must be positive, got %d", c.ImportParallel))
 	}
 	if c.MaxBodyBytes < 2 {
 		errs = append(errs, fmt.Errorf("MaxBodyBytes must be positive, got %d", c.MaxBodyBytes))
@@ -259,6 +269,7 @@ func (b *Bridge) Routes(mux httpx.Mux) {
 	}
 	admin, viewer := guard(httpx.RoleAdmin), guard(httpx.RoleViewer)
 	mux.HandleFunc(PatternRegister, admin("register", b.handleRegister))
+	mux.HandleFunc(PatternImport, admin("import", b.handleImport))
 	mux.HandleFunc(PatternGatewayRegister, admin("register_gateway", b.handleGatewayRegister))
 	mux.HandleFunc(PatternPatch, admin("patch", b.handlePatch))
 	mux.HandleFunc(PatternDelete, admin("decommission", b.handleDecommission))

@@ -106,23 +106,15 @@ func (b *Bridge) handlePing(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
 }
 
-// writeAdminError maps registry errors of admin calls to statuses.
+// writeAdminError answers a registry error of an admin call (see
+// adminErrorAnswer for the statuses).
 func (b *Bridge) writeAdminError(w http.ResponseWriter, r *http.Request, id string, err error) {
-	var idErr *registry.InvalidIDError
-	switch {
-	case errors.As(err, &idErr):
-		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalidDeviceID, idErr.Err.Error())
-	case errors.Is(err, registry.ErrInvalidGroup), errors.Is(err, registry.ErrInvalidGateway):
-		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeUnprocessableEntity, err.Error())
-	case errors.Is(err, registry.ErrExists):
-		httpx.WriteError(w, http.StatusConflict, httpx.CodeConflict, "device already registered")
-	case errors.Is(err, registry.ErrNotFound):
-		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "unknown device")
-	case errors.Is(err, registry.ErrDecommissioned):
-		httpx.WriteError(w, http.StatusNotFound, httpx.CodeNotFound, "device is decommissioned")
-	default:
+	status, code, msg, ok := adminErrorAnswer(err)
+	if !ok {
 		b.registryFailure(w, r, id, err)
+		return
 	}
+	httpx.WriteError(w, status, code, msg)
 }
 
 // handleRegister serves POST /v1/devices {"id", "group", "gateway"?} →
@@ -137,22 +129,13 @@ func (b *Bridge) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeRequestError(w, err)
 		return
 	}
-	var id, group, gateway string
-	if isNull(f["id"]) || json.Unmarshal(f["id"], &id) != nil {
-		httpx.WriteError(w, http.StatusBadRequest, httpx.CodeInvalidDeviceID, "id (string) is required")
+	reg, err := b.decodeRegistration(f)
+	if err != nil {
+		writeRequestError(w, err)
 		return
 	}
-	for name, dst := range map[string]*string{"group": &group, "gateway": &gateway} {
-		if !isNull(f[name]) && json.Unmarshal(f[name], dst) != nil {
-			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeUnprocessableEntity, name+" must be a string")
-			return
-		}
-	}
-	probeURL, ok := b.probeURLField(w, f["probe_url"])
-	if !ok {
-		return
-	}
-	token, err := b.reg.Register(r.Context(), id, group, gateway, registry.WithProbeURL(probeURL))
+	id := reg.id
+	token, err := b.register(r.Context(), reg)
 	if err != nil {
 		b.writeAdminError(w, r, id, err)
 		return

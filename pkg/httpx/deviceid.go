@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -17,6 +18,13 @@ const idPlaceholder = "~"
 // IDInQuery is the id segment that takes the device id from the "id" query
 // parameter (see [DeviceIDs]).
 const IDInQuery = "~"
+
+// CollectionPaths are paths under [DevicesPrefix] that name an action on the
+// collection, not a device: [DeviceIDs] passes them to the mux unchanged, so
+// that a pattern such as "POST /v1/devices/import" matches. The same path
+// still names the device "import" for the routes that have no such pattern
+// (GET, PATCH, DELETE /v1/devices/{id}: the mux's {id} value).
+var CollectionPaths = []string{DevicesPrefix + "import"}
 
 type deviceIDKey struct{}
 
@@ -38,7 +46,7 @@ type deviceIDKey struct{}
 func DeviceIDs(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		esc := r.URL.EscapedPath()
-		if !strings.HasPrefix(esc, DevicesPrefix) || len(esc) == len(DevicesPrefix) {
+		if !strings.HasPrefix(esc, DevicesPrefix) || len(esc) == len(DevicesPrefix) || slices.Contains(CollectionPaths, esc) {
 			next.ServeHTTP(w, r)
 			return
 		}
