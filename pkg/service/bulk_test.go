@@ -53,7 +53,7 @@ func post(t *testing.T, u, contentType, accept string, body []byte) (int, http.H
 	return resp.StatusCode, resp.Header, b
 }
 
-func get(t *testing.T, u string) (int, http.Header, []byte) {
+func getAdmin(t *testing.T, u string) (int, http.Header, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", u, nil)
 	req.Header.Set("Authorization", "Bearer admin")
@@ -224,7 +224,7 @@ func TestImport(t *testing.T) {
 		t.Errorf("import without the admin token: %v %v", resp.StatusCode, err)
 	}
 	// GET /v1/devices/import is still the device "import".
-	if code, _, b := get(t, base+"/v1/devices/import"); code != 404 {
+	if code, _, b := getAdmin(t, base+"/v1/devices/import"); code != 404 {
 		t.Errorf("GET /v1/devices/import: %d %s, want 404 (no such device)", code, b)
 	}
 }
@@ -240,7 +240,7 @@ func csvPages(t *testing.T, base, first string) ([]string, [][]string, int) {
 		pages  int
 	)
 	for u := base + first; u != ""; pages++ {
-		code, h, b := get(t, u)
+		code, h, b := getAdmin(t, u)
 		if code != 200 || h.Get("Content-Type") != readapi.CSVContentType {
 			t.Fatalf("GET %s: %d %s %s", u, code, h.Get("Content-Type"), b)
 		}
@@ -456,14 +456,14 @@ func TestExportRoundTrip(t *testing.T) {
 		t.Errorf("split at %s: %d before (want %d), %d after", mid, len(before), nBefore, len(after))
 	}
 	// One device's history as CSV.
-	_, h, b := get(t, base+"/v1/devices/"+url.PathEscape(all[0].Device)+"/transitions?format=csv")
+	_, h, b := getAdmin(t, base+"/v1/devices/"+url.PathEscape(all[0].Device)+"/transitions?format=csv")
 	recs, err := csv.NewReader(bytes.NewReader(b)).ReadAll()
 	if err != nil || len(recs) != 2 || recs[1][1] != all[0].Device || h.Get("Link") != "" {
 		t.Errorf("device history CSV: %v %q", err, recs)
 	}
 	for _, u := range []string{"/v1/transitions?format=xml", "/v1/transitions?cursor=bogus", "/v1/transitions?from=yesterday",
 		"/v1/transitions?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"} {
-		if code, _, b := get(t, base+u); code != 400 {
+		if code, _, b := getAdmin(t, base+u); code != 400 {
 			t.Errorf("%s: %d %s, want 400", u, code, b)
 		}
 	}
