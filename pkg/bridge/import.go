@@ -35,9 +35,10 @@ const (
 	// after the header) one request may carry; more is refused whole (413)
 	// before anything is registered.
 	MaxImportDevices = 10000
-	// MaxImportLineBytes bounds one line (CSV: one record, its quoted
-	// newlines included); a longer one is answered 400 (line_too_long) and
-	// the others are registered.
+	// MaxImportLineBytes bounds one NDJSON line, or the fields of one CSV
+	// record that the import registers (id, group, gateway, probe_url: the
+	// other columns of an export, metrics included, do not count); a longer
+	// one is answered 400 (line_too_long) and the others are registered.
 	MaxImportLineBytes = 4096
 	// MaxImportBodyBytes bounds the whole body (413 over it).
 	MaxImportBodyBytes = 16 << 20
@@ -324,7 +325,6 @@ func (b *Bridge) parseImportCSV(body []byte) ([]importLine, error) {
 	}
 	var out []importLine
 	for {
-		start := cr.InputOffset()
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
 			return out, nil
@@ -343,9 +343,10 @@ func (b *Bridge) parseImportCSV(body []byte) ([]importLine, error) {
 			line, _ := cr.FieldPos(0)
 			il = importLine{line: line}
 			il.reg.id = field(rec, col, "id")
-			switch size := cr.InputOffset() - start; {
-			case size > MaxImportLineBytes+1: // +1: the record's newline
-				il.err = &requestError{code: CodeLineTooLong, msg: fmt.Sprintf("record is %d bytes, at most %d", size, MaxImportLineBytes)}
+			switch size := usedBytes(rec, col); {
+			case size > MaxImportLineBytes:
+				il.err = &requestError{code: CodeLineTooLong, msg: fmt.Sprintf("the record's %s fields hold %d bytes, at most %d",
+					strings.Join(importCSVColumns, ", "), size, MaxImportLineBytes)}
 			case len(rec) > len(header):
 				il.err = &requestError{code: CodeMalformedCSV, msg: fmt.Sprintf("record has %d fields, the header %d", len(rec), len(header))}
 			default:
@@ -367,9 +368,24 @@ func (b *Bridge) decodeCSVRegistration(rec []string, col map[string]int) (regist
 		}
 	}
 	if err := checkText([]byte(strings.Join(rec, ""))); err != nil {
+		var re *requestError
+		if errors.As(err, &re) {
+			err = &requestError{code: CodeMalformedCSV, msg: strings.Replace(re.msg, "body", "record", 1)}
+		}
 		return registration{id: field(rec, col, "id")}, err
 	}
 	return b.decodeRegistration(f)
+}
+
+// usedBytes is the size of the fields of rec the import registers (the
+// columns of importCSVColumns): the ignored columns of an export, such as
+// a device's metrics, do not count towards MaxImportLineBytes.
+func usedBytes(rec []string, col map[string]int) int {
+	n := 0
+	for name := range col {
+		n += len(field(rec, col, name))
+	}
+	return n
 }
 
 func field(rec []string, col map[string]int, name string) string {

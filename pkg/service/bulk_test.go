@@ -159,15 +159,17 @@ func TestImport(t *testing.T) {
 
 	// CSV: columns in any order, quoting, a record over several lines, a bad
 	// quote, too many fields, an over-long record; NDJSON answer.
-	csvBody := "\xef\xbb\xbfgroup,id\n" + // 1 (with a byte-order mark)
+	csvBody := "\xef\xbb\xbfgroup,id,metrics\n" + // 1 (with a byte-order mark; metrics: an export's column, ignored)
 		`lobby,"c,1"` + "\n" + // 2
 		`,"c""2"` + "\n" + // 3
 		`kiosk,dup-1` + "\n" + // 4: 409
 		`x,c"3` + "\n" + // 5: bare quote
-		`x,c4,extra` + "\n" + // 6: too many fields
+		`x,c4,{},extra` + "\n" + // 6: too many fields
 		`"multi` + "\n" + `line",c5` + "\n" + // 7-8: valid group? no: a newline in a group
 		strings.Repeat("g", bridge.MaxImportLineBytes) + ",c6\n" + // 9
-		`,"c 7 ü"` + "\r\n" // 10
+		`,"c 7 ü"` + "\r\n" + // 10
+		`,c8,"{""k"":""` + strings.Repeat("m", 2*bridge.MaxImportLineBytes) + `""}"` + "\n" + // 11: a long ignored field
+		",c9\xff\n" // 12: not UTF-8 (the answer names it with U+FFFD)
 	code, h, b := post(t, base+"/v1/devices/import", "text/csv; charset=utf-8", "application/x-ndjson", []byte(csvBody))
 	if code != 200 || h.Get("Content-Type") != bridge.MediaNDJSON {
 		t.Fatalf("csv import: %d %s %s", code, h.Get("Content-Type"), b)
@@ -187,7 +189,7 @@ func TestImport(t *testing.T) {
 	tokens = checkResults(t, results, []want{
 		{2, "c,1", 201, ""}, {3, `c"2`, 201, ""}, {4, "dup-1", 409, "conflict"}, {5, "", 400, bridge.CodeMalformedCSV},
 		{6, "c4", 400, bridge.CodeMalformedCSV}, {7, "c5", 400, "invalid_field"}, {9, "c6", 400, bridge.CodeLineTooLong},
-		{10, "c 7 ü", 201, ""},
+		{10, "c 7 ü", 201, ""}, {11, "c8", 201, ""}, {12, "c9\uFFFD", 400, bridge.CodeMalformedCSV},
 	})
 	for id, tok := range tokens {
 		heartbeat(t, base, id, tok)
