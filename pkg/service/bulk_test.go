@@ -229,6 +229,18 @@ func TestImport(t *testing.T) {
 	if code, _, b := getAdmin(t, base+"/v1/devices/import"); code != 404 {
 		t.Errorf("GET /v1/devices/import: %d %s, want 404 (no such device)", code, b)
 	}
+	// The device "import" keeps its other routes.
+	var reg struct{ ID, Token string }
+	if code := call(t, "POST", base+"/v1/devices", "admin", map[string]string{"id": "import"}, &reg); code != 201 {
+		t.Fatalf("register the device import: %d", code)
+	}
+	heartbeat(t, base, "import", reg.Token)
+	if code := call(t, "PATCH", base+"/v1/devices/import", "admin", map[string]bool{"remote_control_enabled": true}, nil); code != 200 {
+		t.Errorf("PATCH /v1/devices/import: %d", code)
+	}
+	if code := call(t, "DELETE", base+"/v1/devices/import", "admin", nil, nil); code != 204 {
+		t.Errorf("DELETE /v1/devices/import: %d", code)
+	}
 }
 
 // csvPages walks a CSV export by its Link headers and returns the header
