@@ -1,7 +1,9 @@
 package bridge
 
-// Request bodies: every endpoint that takes a body reads it with readBody,
-// so that a body is refused alike whichever endpoint it is sent to.
+// Request bodies: every endpoint that takes a body reads it with readBody
+// (the import, whose bodies are NDJSON or CSV, with readLimited after its own
+// media-type check), so that a body is refused alike whichever endpoint it
+// is sent to.
 
 import (
 	"errors"
@@ -69,6 +71,14 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, rule bodyRule
 		}
 		return nil, true
 	}
+	return readLimited(w, r, limit)
+}
+
+// readLimited reads a body whose media type the caller has accepted: the
+// size, time and read-failure rules of [readBody] (413, 408, 400), answered
+// by itself (ok false). POST /v1/devices/import, which takes NDJSON or CSV,
+// checks its own media types and then reads through it.
+func readLimited(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
 	if r.ContentLength > limit {
 		refuseBody(w)
 		writeTooLarge(w, limit)

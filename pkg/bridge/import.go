@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -180,29 +179,11 @@ func (b *Bridge) handleImport(w http.ResponseWriter, r *http.Request) {
 			"Content-Type must be "+MediaNDJSON+" or "+MediaCSV+" (UTF-8)")
 		return
 	}
-	if r.ContentLength > MaxImportBodyBytes {
-		refuseBody(w)
-		httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge,
-			fmt.Sprintf("an import body is at most %d bytes (and %d devices): split the file", MaxImportBodyBytes, MaxImportDevices))
-		return
-	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(importBodyTimeout))
 	_ = rc.SetWriteDeadline(time.Now().Add(importWriteTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxImportBodyBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		var netErr net.Error
-		switch {
-		case errors.As(err, &tooBig):
-			httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge,
-				fmt.Sprintf("an import body is at most %d bytes (and %d devices): split the file", MaxImportBodyBytes, MaxImportDevices))
-		case errors.As(err, &netErr) && netErr.Timeout():
-			w.Header().Set("Connection", "close")
-			httpx.WriteError(w, http.StatusRequestTimeout, CodeRequestTimeout, "request body not received in time")
-		default:
-			httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, "reading the request body failed")
-		}
+	body, ok := readLimited(w, r, MaxImportBodyBytes)
+	if !ok {
 		return
 	}
 	body = bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
@@ -212,7 +193,7 @@ func (b *Bridge) handleImport(w http.ResponseWriter, r *http.Request) {
 	} else {
 		lines, err = b.parseImportNDJSON(body)
 	}
-	var tooMany errTooManyDevices
+	var tooMany tooManyDevicesError
 	switch {
 	case errors.As(err, &tooMany):
 		httpx.WriteError(w, http.StatusRequestEntityTooLarge, httpx.CodeTooLarge, err.Error())
@@ -229,10 +210,10 @@ func (b *Bridge) handleImport(w http.ResponseWriter, r *http.Request) {
 	writeImportAnswer(w, r, results)
 }
 
-// errTooManyDevices refuses a body with more than MaxImportDevices lines.
-type errTooManyDevices struct{ n int }
+// tooManyDevicesError refuses a body with more than MaxImportDevices lines.
+type tooManyDevicesError struct{ n int }
 
-func (e errTooManyDevices) Error() string {
+func (e tooManyDevicesError) Error() string {
 	return fmt.Sprintf("an import carries at most %d devices, this one has more than %d: split the file into requests of %d",
 		MaxImportDevices, e.n-1, MaxImportDevices)
 }
@@ -253,7 +234,7 @@ func (b *Bridge) parseImportNDJSON(body []byte) ([]importLine, error) {
 			continue
 		}
 		if len(out) == MaxImportDevices {
-			return nil, errTooManyDevices{MaxImportDevices + 1}
+			return nil, tooManyDevicesError{MaxImportDevices + 1}
 		}
 		il := importLine{line: n}
 		if len(line) > MaxImportLineBytes {
@@ -330,7 +311,7 @@ func (b *Bridge) parseImportCSV(body []byte) ([]importLine, error) {
 			return out, nil
 		}
 		if len(out) == MaxImportDevices {
-			return nil, errTooManyDevices{MaxImportDevices + 1}
+			return nil, tooManyDevicesError{MaxImportDevices + 1}
 		}
 		var il importLine
 		var pe *csv.ParseError
@@ -406,17 +387,17 @@ func markDuplicates(lines []importLine) {
 			continue
 		}
 		if n, dup := first[il.reg.id]; dup {
-			il.err = errDuplicateLine{n}
+			il.err = duplicateLineError{n}
 			continue
 		}
 		first[il.reg.id] = il.line
 	}
 }
 
-// errDuplicateLine: the id was already on an earlier line (409).
-type errDuplicateLine struct{ line int }
+// duplicateLineError: the id was already on an earlier line (409).
+type duplicateLineError struct{ line int }
 
-func (e errDuplicateLine) Error() string {
+func (e duplicateLineError) Error() string {
 	return fmt.Sprintf("device already registered by line %d of this import", e.line)
 }
 
@@ -446,7 +427,7 @@ func (b *Bridge) importLines(ctx context.Context, lines []importLine) []ImportRe
 
 func (b *Bridge) importOne(ctx context.Context, il *importLine) ImportResult {
 	res := ImportResult{Line: il.line, ID: il.reg.id}
-	var dup errDuplicateLine
+	var dup duplicateLineError
 	if errors.As(il.err, &dup) {
 		res.Status, res.Error = http.StatusConflict, &httpx.ErrorDetail{Code: httpx.CodeConflict, Message: dup.Error()}
 		return res

@@ -1,12 +1,14 @@
 package service
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -21,6 +23,34 @@ import (
 	"github.com/devstatus/devstatus/pkg/readapi"
 )
 
+// bulkClient keeps no connection open after a request: goleak checks the
+// package's goroutines when its tests end.
+var bulkClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+// bcall is call (service_test.go) over bulkClient.
+func bcall(t *testing.T, method, u, token string, body any, out any) int {
+	t.Helper()
+	var rd io.Reader = http.NoBody
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, u, rd)
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := bulkClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		_ = json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
 // startBulk starts every role on a fresh schema and JetStream store.
 func startBulk(t *testing.T) string {
 	t.Helper()
@@ -31,20 +61,22 @@ func startBulk(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { svc.Stop(context.Background()) })
+	t.Cleanup(func() {
+		svc.Stop(context.Background())
+	})
 	return "http://" + svc.Addr()
 }
 
 // post sends body with a content type and returns the status, headers and body.
 func post(t *testing.T, u, contentType, accept string, body []byte) (int, http.Header, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", u, bytes.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, u, bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer admin")
 	req.Header.Set("Content-Type", contentType)
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := bulkClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,9 +87,9 @@ func post(t *testing.T, u, contentType, accept string, body []byte) (int, http.H
 
 func getAdmin(t *testing.T, u string) (int, http.Header, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", u, nil)
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
 	req.Header.Set("Authorization", "Bearer admin")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := bulkClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +146,7 @@ func checkResults(t *testing.T, got []bridge.ImportResult, wants []want) map[str
 
 func heartbeat(t *testing.T, base, id, token string) {
 	t.Helper()
-	if code := call(t, "POST", base+"/v1/devices/"+url.PathEscape(id)+"/heartbeat", token, map[string]any{}, nil); code != 200 {
+	if code := bcall(t, "POST", base+"/v1/devices/"+url.PathEscape(id)+"/heartbeat", token, map[string]any{}, nil); code != 200 {
 		t.Errorf("heartbeat of %q with its imported token: %d", id, code)
 	}
 }
@@ -124,7 +156,7 @@ func heartbeat(t *testing.T, base, id, token string) {
 // that each imported token is accepted for heartbeats.
 func TestImport(t *testing.T) {
 	base := startBulk(t)
-	if code := call(t, "POST", base+"/v1/devices", "admin", map[string]string{"id": "dup-1"}, nil); code != 201 {
+	if code := bcall(t, "POST", base+"/v1/devices", "admin", map[string]string{"id": "dup-1"}, nil); code != 201 {
 		t.Fatalf("register dup-1: %d", code)
 	}
 	long := `{"id":"long","group":"` + strings.Repeat("g", bridge.MaxImportLineBytes) + `"}`
@@ -204,9 +236,22 @@ func TestImport(t *testing.T) {
 	if code != 413 || !strings.Contains(string(b), "at most 10000 devices") {
 		t.Errorf("10 001 lines: %d %s", code, b)
 	}
-	if code := call(t, "POST", base+"/v1/devices", "admin", map[string]string{"id": "big-0"}, nil); code != 201 {
+	if code := bcall(t, "POST", base+"/v1/devices", "admin", map[string]string{"id": "big-0"}, nil); code != 201 {
 		t.Errorf("big-0 after the refused import: %d, want 201 (not registered)", code)
 	}
+	// A declared body over the limit is refused before it is sent (the
+	// server does not read it, so the request goes over a raw connection).
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "POST /v1/devices/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin\r\n"+
+		"Content-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n", bridge.MaxImportBodyBytes+1)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("a body over %d bytes: %v %v", bridge.MaxImportBodyBytes, resp, err)
+	}
+	conn.Close()
 	for _, tc := range []struct {
 		ct, body string
 		code     int
@@ -220,10 +265,15 @@ func TestImport(t *testing.T) {
 			t.Errorf("%s %q: %d %s, want %d", tc.ct, tc.body, code, b, tc.code)
 		}
 	}
-	req, _ := http.NewRequest("POST", base+"/v1/devices/import", strings.NewReader(`{"id":"anon"}`))
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/devices/import", strings.NewReader(`{"id":"anon"}`))
 	req.Header.Set("Content-Type", "application/x-ndjson")
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
-		t.Errorf("import without the admin token: %v %v", resp.StatusCode, err)
+	resp, err = bulkClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("import without the admin token: %d", resp.StatusCode)
 	}
 	// GET /v1/devices/import is still the device "import".
 	if code, _, b := getAdmin(t, base+"/v1/devices/import"); code != 404 {
@@ -231,14 +281,14 @@ func TestImport(t *testing.T) {
 	}
 	// The device "import" keeps its other routes.
 	var reg struct{ ID, Token string }
-	if code := call(t, "POST", base+"/v1/devices", "admin", map[string]string{"id": "import"}, &reg); code != 201 {
+	if code := bcall(t, "POST", base+"/v1/devices", "admin", map[string]string{"id": "import"}, &reg); code != 201 {
 		t.Fatalf("register the device import: %d", code)
 	}
 	heartbeat(t, base, "import", reg.Token)
-	if code := call(t, "PATCH", base+"/v1/devices/import", "admin", map[string]bool{"remote_control_enabled": true}, nil); code != 200 {
+	if code := bcall(t, "PATCH", base+"/v1/devices/import", "admin", map[string]bool{"remote_control_enabled": true}, nil); code != 200 {
 		t.Errorf("PATCH /v1/devices/import: %d", code)
 	}
-	if code := call(t, "DELETE", base+"/v1/devices/import", "admin", nil, nil); code != 204 {
+	if code := bcall(t, "DELETE", base+"/v1/devices/import", "admin", nil, nil); code != 204 {
 		t.Errorf("DELETE /v1/devices/import: %d", code)
 	}
 }
@@ -297,7 +347,7 @@ func jsonDevices(t *testing.T, base string) []readapi.DeviceJSON {
 	cursor := ""
 	for {
 		var p listPage
-		if code := call(t, "GET", base+"/v1/devices?limit=1000&cursor="+url.QueryEscape(cursor), "admin", nil, &p); code != 200 {
+		if code := bcall(t, "GET", base+"/v1/devices?limit=1000&cursor="+url.QueryEscape(cursor), "admin", nil, &p); code != 200 {
 			t.Fatalf("list: %d", code)
 		}
 		all = append(all, p.Devices...)
@@ -375,10 +425,10 @@ func TestExportRoundTrip(t *testing.T) {
 		}
 	}
 	// Accept: text/csv asks for the same.
-	req, _ := http.NewRequest("GET", base+"/v1/devices?limit=1000", nil)
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/devices?limit=1000", nil)
 	req.Header.Set("Authorization", "Bearer admin")
 	req.Header.Set("Accept", "text/csv")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := bulkClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +473,7 @@ func TestExportRoundTrip(t *testing.T) {
 	cursor := ""
 	for {
 		var p readapi.FleetTransitionsJSON
-		if code := call(t, "GET", base+"/v1/transitions?limit=3&cursor="+url.QueryEscape(cursor), "admin", nil, &p); code != 200 {
+		if code := bcall(t, "GET", base+"/v1/transitions?limit=3&cursor="+url.QueryEscape(cursor), "admin", nil, &p); code != 200 {
 			t.Fatalf("transitions: %d", code)
 		}
 		all = append(all, p.Transitions...)
