@@ -21,7 +21,8 @@
 // should_reconnect is true, how it is cleared, its audit events) in
 // reconnect.go; gateways in gateway.go; probe URLs in probe.go; the one
 // request-body reader of every endpoint in body.go (413, 415, 408, 400);
-// the audit trail in history.go. The registry (pkg/registry) is only the
+// the audit trail in history.go; bulk registration (POST /v1/devices/import,
+// NDJSON or CSV, answered per line) in import.go. The registry (pkg/registry) is only the
 // store they read and write: a heartbeat enters it at most twice, one
 // look-up and, only when its record changes (a reconnect to tell, a new
 // probe URL), one compare-and-swap (see deviceStore).
