@@ -68,7 +68,7 @@ func startBulk(t *testing.T) string {
 }
 
 // post sends body with a content type and returns the status, headers and body.
-func post(t *testing.T, u, contentType, accept string, body []byte) (int, http.Header, []byte) {
+func postBody(t *testing.T, u, contentType, accept string, body []byte) (int, http.Header, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, u, bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer admin")
@@ -100,7 +100,7 @@ func getAdmin(t *testing.T, u string) (int, http.Header, []byte) {
 
 func importJSON(t *testing.T, base, contentType string, body []byte) bridge.ImportAnswer {
 	t.Helper()
-	code, _, b := post(t, base+"/v1/devices/import", contentType, "", body)
+	code, _, b := postBody(t, base+"/v1/devices/import", contentType, "", body)
 	if code != 200 {
 		t.Fatalf("import: %d %s", code, b)
 	}
@@ -202,7 +202,7 @@ func TestImport(t *testing.T) {
 		`,"c 7 ü"` + "\r\n" + // 10
 		`,c8,"{""k"":""` + strings.Repeat("m", 2*bridge.MaxImportLineBytes) + `""}"` + "\n" + // 11: a long ignored field
 		",c9\xff\n" // 12: not UTF-8 (the answer names it with U+FFFD)
-	code, h, b := post(t, base+"/v1/devices/import", "text/csv; charset=utf-8", "application/x-ndjson", []byte(csvBody))
+	code, h, b := postBody(t, base+"/v1/devices/import", "text/csv; charset=utf-8", "application/x-ndjson", []byte(csvBody))
 	if code != 200 || h.Get("Content-Type") != bridge.MediaNDJSON {
 		t.Fatalf("csv import: %d %s %s", code, h.Get("Content-Type"), b)
 	}
@@ -232,7 +232,7 @@ func TestImport(t *testing.T) {
 	for i := range bridge.MaxImportDevices + 1 {
 		fmt.Fprintf(&big, "{\"id\":\"big-%d\"}\n", i)
 	}
-	code, _, b = post(t, base+"/v1/devices/import", "application/x-ndjson", "", big.Bytes())
+	code, _, b = postBody(t, base+"/v1/devices/import", "application/x-ndjson", "", big.Bytes())
 	if code != 413 || !strings.Contains(string(b), "at most 10000 devices") {
 		t.Errorf("10 001 lines: %d %s", code, b)
 	}
@@ -261,7 +261,7 @@ func TestImport(t *testing.T) {
 		{"text/csv", "group\nx\n", 400},
 		{"text/csv", "", 400},
 	} {
-		if code, _, b := post(t, base+"/v1/devices/import", tc.ct, "", []byte(tc.body)); code != tc.code {
+		if code, _, b := postBody(t, base+"/v1/devices/import", tc.ct, "", []byte(tc.body)); code != tc.code {
 			t.Errorf("%s %q: %d %s, want %d", tc.ct, tc.body, code, b, tc.code)
 		}
 	}
