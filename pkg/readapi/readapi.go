@@ -77,6 +77,13 @@ type Config struct {
 	// Hold returns the outage hold's state and a channel closed at its
 	// next change (GET /v1/summary, GET /v1/stream). Nil: never on.
 	Hold func() (OutageHold, <-chan struct{})
+	// TicketKey signs the stream tickets of POST /v1/stream/ticket; every
+	// instance of a deployment needs the same key. Default
+	// TicketKey(AdminToken).
+	TicketKey []byte
+	// TicketTTL is how long a ticket opens the stream. Default
+	// DefaultTicketTTL (60 s).
+	TicketTTL time.Duration
 }
 
 // OutageHold is the outage hold's state: while Active, no device becomes
@@ -114,6 +121,12 @@ func New(cfg Config) (*API, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if len(cfg.TicketKey) == 0 {
+		cfg.TicketKey = TicketKey(cfg.AdminToken)
+	}
+	if cfg.TicketTTL == 0 {
+		cfg.TicketTTL = DefaultTicketTTL
+	}
 	var errs []error
 	if cfg.Store == nil {
 		errs = append(errs, errors.New("store is required"))
@@ -123,6 +136,9 @@ func New(cfg Config) (*API, error) {
 	}
 	if cfg.Timeout < 0 {
 		errs = append(errs, errors.New("timeout must not be negative"))
+	}
+	if cfg.TicketTTL < 0 {
+		errs = append(errs, errors.New("ticket TTL must not be negative"))
 	}
 	if err := cfg.Stream.setDefaults(); err != nil {
 		errs = append(errs, err)
@@ -143,9 +159,8 @@ func New(cfg Config) (*API, error) {
 }
 
 // Routes registers every Pattern* on mux, each behind a viewer (or admin)
-// token of Config.Auth: the bearer header, and for PatternStream also the
-// access_token query parameter or the devstatus_token cookie (see
-// [API.handleStream]). The server must wrap
+// token of Config.Auth as a bearer header; PatternStream also opens with a
+// ticket of PatternTicket (?ticket=, see [API.handleTicket]). The server must wrap
 // mux with httpx.DeviceIDs (ids with "/", ".", ".." …); without it ids still
 // work when they need no path cleaning.
 func (a *API) Routes(mux httpx.Mux) {
@@ -160,6 +175,8 @@ func (a *API) Routes(mux httpx.Mux) {
 	mux.Handle(PatternAvail, auth("availability", a.handleAvailability))
 	mux.Handle(PatternFleetTransitions, auth("fleet_transitions", a.handleFleetTransitions))
 	mux.Handle(PatternStream, a.requireStreamToken(http.HandlerFunc(a.handleStream)))
+	mux.Handle(PatternTicket, auth("stream_ticket", a.handleTicket))
+	mux.Handle(PatternWhoami, auth("whoami", a.handleWhoami))
 }
 
 // Handler returns a handler serving only the read API (its own mux wrapped

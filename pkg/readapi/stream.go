@@ -104,10 +104,6 @@ type LaggingJSON struct {
 	MaxLag  uint64 `json:"max_lag"`
 }
 
-// StreamTokenCookie is the cookie GET /v1/stream also accepts the admin token
-// from (the browser's EventSource cannot send an Authorization header).
-const StreamTokenCookie = "devstatus_token"
-
 // streams tracks the open streams so that they end on [API.CloseStreams] or
 // when the HTTP server shuts down (http.Server.Shutdown waits for active
 // requests, and a stream never finishes by itself).
@@ -145,23 +141,29 @@ func (s *streams) watchServer(r *http.Request) {
 func (a *API) CloseStreams() { a.streams.close() }
 
 // requireStreamToken accepts a viewer or admin token (Config.Auth) as a
-// bearer header, as the access_token query parameter, or as the
-// devstatus_token cookie.
+// bearer header, or a stream ticket (POST /v1/stream/ticket) as the ticket
+// query parameter: the browser's EventSource cannot send a header, and no
+// token goes in a URL or a cookie. A wrong, forged or expired ticket is 401.
 func (a *API) requireStreamToken(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok := httpx.BearerToken(r)
-		if tok == "" {
-			tok = r.URL.Query().Get("access_token")
-		}
-		if tok == "" {
-			if c, err := r.Cookie(StreamTokenCookie); err == nil {
-				tok, _ = url.QueryUnescape(c.Value)
+		if tok := httpx.BearerToken(r); tok != "" {
+			if !httpx.CheckRole(w, r, a.cfg.Auth, httpx.RoleViewer, tok) {
+				return
 			}
+		} else if t := r.URL.Query().Get("ticket"); t == "" {
+			streamUnauthorized(w, "missing token: Authorization: Bearer, or ?ticket= from POST /v1/stream/ticket")
+			return
+		} else if !a.checkTicket(t, a.cfg.Clock.Now()) {
+			streamUnauthorized(w, "wrong or expired ticket: get a new one from POST /v1/stream/ticket")
+			return
 		}
-		if httpx.CheckRole(w, r, a.cfg.Auth, httpx.RoleViewer, tok) {
-			h.ServeHTTP(w, r)
-		}
+		h.ServeHTTP(w, r)
 	})
+}
+
+func streamUnauthorized(w http.ResponseWriter, msg string) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="devstatus"`)
+	httpx.WriteError(w, http.StatusUnauthorized, httpx.CodeUnauthorized, msg)
 }
 
 // streamFilter keeps the transitions a client asked for.

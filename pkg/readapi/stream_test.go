@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/internal/testenv"
+	"github.com/devstatus/devstatus/pkg/clock"
 	"github.com/devstatus/devstatus/projections"
 )
 
@@ -229,16 +232,24 @@ func TestStreamFilters(t *testing.T) {
 	}
 }
 
-// The admin token as a header, as access_token, or as the cookie; nothing
-// else.
+// The admin token as a header, or a stream ticket as ?ticket=; nothing else:
+// no cookie, no token in the URL, no expired, forged or other deployment's
+// ticket. A ticket opens the stream only: it is not a token.
 func TestStreamAuth(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	_, srv := streamServer(t, f, StreamConfig{})
-	try := func(query string, set func(*http.Request)) int {
+	clk := clock.NewFake(time.Now())
+	a, err := New(Config{Store: projections.NewStore(f.db), AdminToken: token, Logger: testenv.Logger(t), Clock: clk,
+		Stream: StreamConfig{JetStream: f.js}, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { a.CloseStreams(); srv.Close() })
+	tryAt := func(base, path string, set func(*http.Request)) int {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/v1/stream"+query, nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 		set(req)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -247,28 +258,89 @@ func TestStreamAuth(t *testing.T) {
 		defer resp.Body.Close()
 		return resp.StatusCode
 	}
+	try := func(path string, set func(*http.Request)) int { return tryAt(srv.URL, path, set) }
+	newTicket := func(auth string) (int, TicketJSON) {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/stream/ticket", nil)
+		req.Header.Set("Authorization", auth)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var tj TicketJSON
+		_ = json.NewDecoder(resp.Body).Decode(&tj)
+		return resp.StatusCode, tj
+	}
+	if code, _ := newTicket("Bearer nope"); code != 401 {
+		t.Errorf("ticket with a wrong token: %d, want 401", code)
+	}
+	code, tk := newTicket("Bearer " + token)
+	if code != 200 || !strings.HasPrefix(tk.Ticket, "st1.") {
+		t.Fatalf("ticket: %d %+v", code, tk)
+	}
+	if ttl := tk.ExpiresAt.Sub(clk.Now()); ttl <= 50*time.Second || ttl > DefaultTicketTTL {
+		t.Errorf("ticket expires in %v, want about %v", ttl, DefaultTicketTTL)
+	}
+	// Another deployment's key, a changed expiry, a changed signature.
+	other, err := New(Config{Store: nilReader{}, AdminToken: "another-admin-token", Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := other.issueTicket(clk.Now().Add(time.Minute))
+	parts := strings.Split(tk.Ticket, ".")
+	later := strings.Join([]string{parts[0], strconv.FormatInt(clk.Now().Add(time.Hour).Unix(), 10), parts[2], parts[3]}, ".")
+	flipped := tk.Ticket[:len(tk.Ticket)-1] + map[bool]string{true: "A", false: "B"}[!strings.HasSuffix(tk.Ticket, "A")]
+
 	none := func(*http.Request) {}
+	bearer := func(v string) func(*http.Request) {
+		return func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+v) }
+	}
+	q := url.QueryEscape
 	cases := []struct {
-		name  string
-		query string
-		set   func(*http.Request)
-		code  int
+		name string
+		path string
+		set  func(*http.Request)
+		code int
 	}{
-		{"header", "", func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token) }, 200},
-		{"query", "?access_token=" + token, none, 200},
-		{"cookie", "", func(r *http.Request) { r.AddCookie(&http.Cookie{Name: StreamTokenCookie, Value: token}) }, 200},
-		{"none", "", none, 401},
-		{"wrong query", "?access_token=nope", none, 401},
-		{"wrong cookie", "", func(r *http.Request) { r.AddCookie(&http.Cookie{Name: StreamTokenCookie, Value: "nope"}) }, 401},
-		{"wrong header beats a right query", "?access_token=" + token, func(r *http.Request) { r.Header.Set("Authorization", "Bearer nope") }, 401},
+		{"header", "/v1/stream", bearer(token), 200},
+		{"ticket", "/v1/stream?ticket=" + q(tk.Ticket), none, 200},
+		{"ticket again (within its TTL)", "/v1/stream?ticket=" + q(tk.Ticket), none, 200},
+		{"none", "/v1/stream", none, 401},
+		{"token in the URL", "/v1/stream?access_token=" + token, none, 401},
+		{"token as a ticket", "/v1/stream?ticket=" + token, none, 401},
+		{"cookie", "/v1/stream", func(r *http.Request) { r.AddCookie(&http.Cookie{Name: "devstatus_token", Value: token}) }, 401},
+		{"another deployment's ticket", "/v1/stream?ticket=" + q(foreign), none, 401},
+		{"expiry changed", "/v1/stream?ticket=" + q(later), none, 401},
+		{"signature changed", "/v1/stream?ticket=" + q(flipped), none, 401},
+		{"wrong header beats a right ticket", "/v1/stream?ticket=" + q(tk.Ticket), bearer("nope"), 401},
+		{"ticket as a bearer token", "/v1/summary", bearer(tk.Ticket), 401},
+		{"ticket on another route", "/v1/summary?ticket=" + q(tk.Ticket), none, 401},
+		{"ticket on whoami", "/v1/whoami?ticket=" + q(tk.Ticket), none, 401},
 	}
 	for _, c := range cases {
-		if got := try(c.query, c.set); got != c.code {
+		if got := try(c.path, c.set); got != c.code {
 			t.Errorf("%s: %d, want %d", c.name, got, c.code)
 		}
 	}
+	// Expired: the second it expires.
+	clk.Set(tk.ExpiresAt)
+	if got := try("/v1/stream?ticket="+q(tk.Ticket), none); got != 401 {
+		t.Errorf("expired ticket: %d, want 401", got)
+	}
+	// A ticket of one instance opens the stream on another (same admin token).
+	code, tk = newTicket("Bearer " + token)
+	if code != 200 {
+		t.Fatalf("ticket: %d", code)
+	}
+	_, srv2 := streamServer(t, f, StreamConfig{})
+	if code := tryAt(srv2.URL, "/v1/stream?ticket="+q(tk.Ticket), func(*http.Request) {}); code != 200 {
+		t.Errorf("ticket on another instance: %d", code)
+	}
+	if code, body := doGet(t, srv.URL+"/v1/whoami", "Bearer "+token, nil); code != 200 || !strings.Contains(body, `"role":"admin"`) {
+		t.Errorf("whoami: %d %s", code, body)
+	}
 	// Without a bus the stream is unavailable, not broken.
-	a, err := New(Config{Store: nilReader{}, AdminToken: token})
+	a, err = New(Config{Store: nilReader{}, AdminToken: token})
 	if err != nil {
 		t.Fatal(err)
 	}

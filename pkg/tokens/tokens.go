@@ -242,24 +242,31 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 // call. Errors: httpx.ErrUnknownToken for an empty, unknown or deleted
 // token; [ErrUnavailable] when the bucket cannot be read.
 func (s *Store) Authorize(ctx context.Context, token string) (httpx.Role, error) {
+	_, role, err := s.Identify(ctx, token)
+	return role, err
+}
+
+// Identify is [Store.Authorize] that also returns the token's name ("admin"
+// for the bootstrap admin token), for GET /v1/whoami.
+func (s *Store) Identify(ctx context.Context, token string) (name string, role httpx.Role, err error) {
 	if token == "" {
-		return "", httpx.ErrUnknownToken
+		return "", "", httpx.ErrUnknownToken
 	}
 	if s.cfg.AdminToken != "" && httpx.TokenEqual(token, s.cfg.AdminToken) {
-		return httpx.RoleAdmin, nil
+		return "admin", httpx.RoleAdmin, nil
 	}
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
 	e, err := s.kv.Get(ctx, hashKey(token))
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return "", httpx.ErrUnknownToken
+		return "", "", httpx.ErrUnknownToken
 	}
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return "", "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	var t Token
 	if err := json.Unmarshal(e.Value(), &t); err != nil || (t.Role != httpx.RoleViewer && t.Role != httpx.RoleAdmin) {
-		return "", httpx.ErrUnknownToken
+		return "", "", httpx.ErrUnknownToken
 	}
-	return t.Role, nil
+	return t.Name, t.Role, nil
 }
