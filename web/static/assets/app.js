@@ -14,7 +14,10 @@ const TOKEN_KEY = 'devstatus_token';
 
 const S = {
   token: sessionStorage.getItem(TOKEN_KEY) || '',
+  role: '', name: '', // from GET /v1/whoami: "admin" or "viewer"
   es: null, // EventSource
+  lastEventId: '', // the stream's last event id, to resume after a new ticket
+  retry: 0, // consecutive stream failures (backoff)
   view: null, // {name, ...} the rendered view, for live updates
   feed: [], // recent transitions, newest first
 };
@@ -91,19 +94,20 @@ class APIError extends Error {
   constructor(status, code, message) { super(message); this.status = status; this.code = code; }
 }
 
+// api calls the API with the token; opts: method, body (JSON), or raw (a
+// string sent as is) with contentType.
 async function api(path, opts = {}) {
   const headers = { Authorization: 'Bearer ' + S.token };
-  if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
-  const resp = await fetch(path, {
-    method: opts.method || 'GET', headers, cache: 'no-store',
-    body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined,
-  });
+  let body;
+  if (opts.raw !== undefined) { headers['Content-Type'] = opts.contentType; body = opts.raw; }
+  else if (opts.body !== undefined) { headers['Content-Type'] = 'application/json'; body = JSON.stringify(opts.body); }
+  const resp = await fetch(path, { method: opts.method || 'GET', headers, cache: 'no-store', body });
   let data = null;
   const text = await resp.text();
   if (text) { try { data = JSON.parse(text); } catch (e) { data = null; } }
   if (!resp.ok) {
     const err = (data && data.error) || {};
-    if (resp.status === 401) signOut('The admin token was refused.');
+    if (resp.status === 401) signOut('The token was refused.');
     throw new APIError(resp.status, err.code || 'http_' + resp.status, err.message || resp.statusText);
   }
   return data;
@@ -111,18 +115,22 @@ async function api(path, opts = {}) {
 
 // ---- sign-in ---------------------------------------------------------------
 
-function setStreamCookie(tok) {
-  // EventSource cannot send an Authorization header: /v1/stream also reads
-  // this cookie (only sent to that path, never cross-site).
-  document.cookie = 'devstatus_token=' + (tok ? encodeURIComponent(tok) : '') +
-    '; path=/v1/stream; SameSite=Strict' + (tok ? '' : '; max-age=0');
+const isAdmin = () => S.role === 'admin';
+
+// whoami asks the API what the token may do (GET /v1/whoami).
+async function whoami() {
+  const me = await api('/v1/whoami');
+  S.role = me.role; S.name = me.name;
+  document.body.dataset.role = me.role;
+  document.getElementById('who').textContent = me.name && me.name !== me.role ? me.name + ' · ' + me.role : me.role;
 }
 
 function signOut(msg) {
-  S.token = '';
+  S.token = ''; S.role = ''; S.lastEventId = '';
   sessionStorage.removeItem(TOKEN_KEY);
-  setStreamCookie('');
   if (S.es) { S.es.close(); S.es = null; }
+  document.body.dataset.role = '';
+  document.getElementById('who').textContent = '';
   setLive(false);
   renderLogin(msg);
 }
@@ -130,24 +138,25 @@ function signOut(msg) {
 function renderLogin(msg) {
   S.view = null;
   document.getElementById('signout').hidden = true;
-  const input = h('input', { type: 'password', id: 'token', autocomplete: 'current-password', placeholder: 'admin token', required: true });
+  document.getElementById('live').hidden = true; // no stream before sign-in: no pill
+  const input = h('input', { type: 'password', id: 'token', autocomplete: 'current-password', placeholder: 'API token', required: true });
   const out = h('p', { class: 'error' }, msg || '');
   const form = h('form', { class: 'panel login', id: 'login' },
     h('h2', {}, 'Sign in'),
-    h('p', { class: 'note' }, 'The admin token (--admin-token; a dev run prints it and keeps it in data/admin-token). ' +
-      'It stays in this tab only (sessionStorage).'),
+    h('p', { class: 'note' }, 'An API token: the admin token (--admin-token; a dev run prints it and keeps it in data/admin-token) ' +
+      'or a viewer token (POST /v1/tokens), which sees everything and changes nothing. ' +
+      'It stays in this tab only (sessionStorage): closing the tab signs out.'),
     input, h('button', { class: 'primary', type: 'submit' }, 'Sign in'), out);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     S.token = input.value.trim();
     try {
-      await api('/v1/summary');
+      await whoami();
     } catch (e) {
       out.textContent = e.status === 401 ? 'Wrong token.' : 'Cannot reach the API: ' + e.message;
       return;
     }
     sessionStorage.setItem(TOKEN_KEY, S.token);
-    setStreamCookie(S.token);
     start();
   });
   show(form);
@@ -162,22 +171,40 @@ function setLive(on) {
   el.textContent = on ? 'live' : 'offline';
 }
 
-function connectStream() {
-  if (S.es) S.es.close();
-  const es = new EventSource('/v1/stream');
-  S.es = es;
-  es.addEventListener('open', () => setLive(true));
-  es.addEventListener('error', () => {
+// connectStream opens /v1/stream with a fresh stream ticket (POST
+// /v1/stream/ticket): EventSource cannot send the token, and the token never
+// goes in a URL or a cookie. The ticket opens the stream for 60 s, so the
+// page never lets EventSource reconnect by itself with an old one: on any
+// error it closes it and reconnects with a new ticket, resuming after the
+// last event it had (last_event_id).
+async function connectStream() {
+  if (S.es) { S.es.close(); S.es = null; }
+  if (!S.token) return;
+  let tk;
+  try {
+    tk = await api('/v1/stream/ticket', { method: 'POST' });
+  } catch (e) {
     setLive(false);
-    // The browser reconnects by itself (with Last-Event-ID) unless the
-    // server refused the stream (401/503): then retry later.
-    if (es.readyState === EventSource.CLOSED && S.es === es && S.token) setTimeout(() => { if (S.es === es) connectStream(); }, 5000);
+    if (S.token && e.status !== 401) setTimeout(connectStream, Math.min(30000, 1000 * 2 ** S.retry++));
+    return;
+  }
+  if (!S.token) return;
+  const q = new URLSearchParams({ ticket: tk.ticket });
+  if (S.lastEventId) q.set('last_event_id', S.lastEventId);
+  const es = new EventSource('/v1/stream?' + q);
+  S.es = es;
+  es.addEventListener('open', () => { S.retry = 0; setLive(true); });
+  es.addEventListener('error', () => {
+    if (S.es !== es) return;
+    es.close(); S.es = null;
+    setLive(false);
+    setTimeout(() => { if (!S.es) connectStream(); }, Math.min(30000, 1000 * 2 ** S.retry++));
   });
-  es.addEventListener('transition', (ev) => onTransition(JSON.parse(ev.data)));
+  es.addEventListener('transition', (ev) => { if (ev.lastEventId) S.lastEventId = ev.lastEventId; onTransition(JSON.parse(ev.data)); });
   es.addEventListener('lagging', () => {
     // Too far behind: what we show may be stale. Reload and start afresh.
     es.close();
-    S.es = null;
+    S.es = null; S.lastEventId = '';
     route();
     setTimeout(connectStream, 1000);
   });
@@ -192,12 +219,187 @@ function onTransition(t) {
   if (v.name === 'device' && v.id === t.device) v.onTransition(t);
 }
 
+// ---- shared controls -------------------------------------------------------
+
+// tokenBox shows a device token once, with a copy button.
+function tokenBox(id, token, what) {
+  const code = h('code', { class: 'token', 'data-token': token }, token);
+  const copied = h('span', { class: 'note' });
+  const copy = h('button', { class: 'copy', type: 'button', onclick: async () => {
+    try { await navigator.clipboard.writeText(token); copied.textContent = 'copied'; } catch (e) {
+      const r = document.createRange(); r.selectNodeContents(code);
+      getSelection().removeAllRanges(); getSelection().addRange(r);
+      copied.textContent = 'selected: press Ctrl+C';
+    }
+  } }, 'Copy');
+  return h('div', { class: 'tokenbox', id: 'token-box' },
+    h('p', {}, what, ' ', h('b', {}, id), '. Its token is shown only now: give it to the device.'),
+    h('div', { class: 'tokline' }, code, copy, copied));
+}
+
+// confirmBox asks before a change that cannot be undone: ok runs on "yes".
+function confirmBox(text, yes, ok) {
+  const box = h('div', { class: 'confirm', id: 'confirm', role: 'alertdialog' },
+    h('p', {}, text),
+    h('button', { class: 'danger', id: 'confirm-yes', type: 'button', onclick: () => { box.remove(); ok(); } }, yes),
+    h('button', { id: 'confirm-no', type: 'button', onclick: () => box.remove() }, 'Cancel'));
+  return box;
+}
+
+// Availability bars: the status over a window in equal slots, each coloured
+// by the worst status it saw (disconnected, then temporarily offline, …),
+// like an uptime monitor's beats. Built from the device's transitions of the
+// window (one request per row, at most BAR_PARALLEL at once).
+const BAR_WINDOWS = { '3600': 'last hour', '86400': 'last 24 h', '604800': 'last 7 days' };
+const BAR_SLOTS = 30;
+const BAR_PARALLEL = 4;
+const SEVERITY = { unknown: 0, registered: 1, connected: 2, temporarily_offline: 3, disconnected: 4 };
+const barQueue = [];
+let barRunning = 0;
+function queueBars(job) { barQueue.push(job); pumpBars(); }
+function pumpBars() {
+  while (barRunning < BAR_PARALLEL && barQueue.length) {
+    const job = barQueue.shift();
+    barRunning++;
+    // (a microtask later: the row that queued it is in the page by then)
+    Promise.resolve().then(job).catch(() => {}).finally(() => { barRunning--; pumpBars(); });
+  }
+}
+
+// slotsOf returns BAR_SLOTS slots {worst, ms: {status: ms}} over [t0, t1].
+function slotsOf(t0, t1, d, trs) {
+  const reg = d.registered_at ? new Date(d.registered_at).getTime() : t0;
+  const segs = [];
+  let cur = trs.length ? trs[0].from : d.status, since = t0;
+  if (reg > t0) { segs.push(['unknown', t0, reg]); since = reg; }
+  for (const t of trs) {
+    const at = Math.max(new Date(t.at).getTime(), since);
+    if (at > since) segs.push([cur, since, at]);
+    cur = t.to; since = at;
+  }
+  segs.push([cur, since, t1]);
+  const w = (t1 - t0) / BAR_SLOTS;
+  const slots = [];
+  for (let i = 0; i < BAR_SLOTS; i++) {
+    const a = t0 + i * w, b = a + w, ms = {};
+    let worst = 'unknown';
+    for (const [st, x, y] of segs) {
+      const o = Math.min(b, y) - Math.max(a, x);
+      if (o <= 0) continue;
+      ms[st] = (ms[st] || 0) + o;
+      if (SEVERITY[st] > SEVERITY[worst]) worst = st;
+    }
+    slots.push({ a, b, worst, ms });
+  }
+  return slots;
+}
+
+function barsOf(slots, t0, t1) {
+  const up = slots.reduce((n, sl) => n + (sl.ms.connected || 0), 0);
+  const known = slots.reduce((n, sl) => n + Object.entries(sl.ms).filter(([k]) => k !== 'unknown').reduce((m, [, v]) => m + v, 0), 0);
+  return h('div', { class: 'bars' },
+    h('div', { class: 'beats' }, slots.map((sl) => h('span', {
+      class: 'beat ' + sl.worst, 'data-status': sl.worst,
+      title: new Date(sl.a).toLocaleString() + ' – ' + new Date(sl.b).toLocaleTimeString() + ': ' +
+        (Object.entries(sl.ms).map(([k, v]) => LABEL[k] + ' ' + Math.round(100 * v / (sl.b - sl.a)) + '%').join(', ') || 'no data'),
+    }))),
+    h('span', { class: 'pct', title: 'connected share of the known time' }, known > 0 ? (100 * up / known).toFixed(1) + '%' : '—'));
+}
+
+// holdBanner shows the outage hold of GET /v1/summary (absent: no banner).
+function holdBanner(hold) {
+  const el = document.getElementById('banner');
+  const on = !!(hold && hold.active);
+  el.hidden = !on;
+  if (on) el.replaceChildren(h('b', {}, 'Outage hold: '), 'devices are not marked offline or disconnected' +
+    (hold.since ? ' since ' + new Date(hold.since).toLocaleString() : '') + (hold.reason ? ' (' + hold.reason + ')' : '') + '.');
+}
+
+// registerForm registers a device (POST /v1/devices) and shows its token.
+function registerForm(done) {
+  const id = h('input', { id: 'reg-id', placeholder: 'device id', required: true, maxlength: 256 });
+  const group = h('input', { id: 'reg-group', placeholder: 'group (optional)' });
+  const probe = h('input', { id: 'reg-probe', placeholder: 'probe URL (optional)', type: 'url' });
+  const out = h('div', { id: 'reg-out' });
+  const form = h('form', { class: 'subpanel', id: 'register' },
+    h('h3', {}, 'Register a device'), h('div', { class: 'filters' }, id, group, probe,
+      h('button', { class: 'primary', type: 'submit' }, 'Register'),
+      h('button', { type: 'button', onclick: () => form.remove() }, 'Close')), out);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const body = { id: id.value, group: group.value };
+    if (probe.value.trim()) body.probe_url = probe.value.trim();
+    try {
+      const r = await api('/v1/devices', { method: 'POST', body });
+      out.replaceChildren(tokenBox(r.id, r.token, 'Registered'));
+      id.value = '';
+      done();
+    } catch (e) {
+      out.replaceChildren(h('p', { class: 'error' }, e.status === 409 ? 'A device ' + body.id + ' exists already.' : 'Not registered: ' + e.message));
+    }
+  });
+  setTimeout(() => id.focus(), 0);
+  return form;
+}
+
+// importAvailable tells whether the server has POST /v1/devices/import: an
+// empty body registers nothing; a server without the route answers 404/405.
+let importCheck = null;
+function importAvailable() {
+  if (!importCheck) {
+    importCheck = fetch('/v1/devices/import', { method: 'POST', headers: { Authorization: 'Bearer ' + S.token, 'Content-Type': 'application/x-ndjson' }, body: '' })
+      .then((r) => r.status !== 404 && r.status !== 405, () => false);
+  }
+  return importCheck;
+}
+
+// importForm posts an NDJSON or CSV file to POST /v1/devices/import and
+// shows the answer of every line, tokens included (shown only now).
+function importForm(done) {
+  const file = h('input', { type: 'file', id: 'import-file', accept: '.ndjson,.jsonl,.json,.csv,text/csv,application/x-ndjson' });
+  const out = h('div', { id: 'import-out' });
+  const form = h('form', { class: 'subpanel', id: 'import' },
+    h('h3', {}, 'Import devices'),
+    h('p', { class: 'note' }, 'NDJSON (one {"id", "group", "probe_url"?, "gateway"?} a line) or CSV with a header row (id,group,…); up to 10 000 devices. ' +
+      'Each line is answered; a failed line does not stop the others.'),
+    h('div', { class: 'filters' }, file, h('button', { class: 'primary', type: 'submit' }, 'Import'),
+      h('button', { type: 'button', onclick: () => form.remove() }, 'Close')), out);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const f = file.files[0];
+    if (!f) { out.replaceChildren(h('p', { class: 'error' }, 'Choose a file.')); return; }
+    const text = await f.text();
+    const csv = /\.csv$/i.test(f.name) || f.type === 'text/csv';
+    out.replaceChildren(h('p', { class: 'note' }, 'Importing ' + f.name + '…'));
+    let r;
+    try {
+      r = await api('/v1/devices/import', { method: 'POST', raw: text, contentType: csv ? 'text/csv' : 'application/x-ndjson' });
+    } catch (e) { out.replaceChildren(h('p', { class: 'error' }, 'Import refused: ' + e.message)); return; }
+    const res = r.results || [];
+    const created = r.created !== undefined ? r.created : res.filter((x) => x.token).length;
+    const failed = r.failed !== undefined ? r.failed : res.length - created;
+    const tokens = res.filter((x) => x.token).map((x) => x.id + ',' + x.token).join('\n');
+    const copy = h('button', { type: 'button', id: 'import-copy', onclick: () => navigator.clipboard.writeText('id,token\n' + tokens).catch(() => {}) }, 'Copy tokens as CSV');
+    out.replaceChildren(
+      h('p', { id: 'import-summary' }, h('b', {}, created + ' registered'), ', ', h('b', { class: failed ? 'error' : '' }, failed + ' failed'),
+        '. The tokens are shown only now. ', tokens ? copy : ''),
+      h('div', { class: 'scroll import-table' }, h('table', { id: 'import-results' },
+        h('thead', {}, h('tr', {}, ['line', 'device', 'status', 'token or error'].map((x) => h('th', {}, x)))),
+        h('tbody', {}, res.map((x) => h('tr', { 'data-line': x.line, class: x.error ? 'failed' : 'ok' },
+          h('td', { class: 'n' }, x.line), h('td', { class: 'id' }, x.id || ''), h('td', {}, x.status),
+          h('td', { class: x.error ? 'error' : 'id' }, x.error ? (x.error.code + ': ' + x.error.message) : x.token)))))));
+    done();
+  });
+  return form;
+}
+
 // ---- fleet view ------------------------------------------------------------
 
 function fleetView(params) {
   const q = {
     prefix: params.get('prefix') || '', status: params.get('status') || '', group: params.get('group') || '',
     stale_for: params.get('stale_for') || '', sort: params.get('sort') || 'id',
+    bars: BAR_WINDOWS[params.get('bars')] ? params.get('bars') : '86400',
   };
   const v = { name: 'fleet', q, cursors: [''], page: 0, summary: null, rows: new Map() };
   S.view = v;
@@ -213,9 +415,9 @@ function fleetView(params) {
   const setQ = (k, val) => {
     q[k] = val;
     const p = new URLSearchParams();
-    for (const [key, x] of Object.entries(q)) if (x && !(key === 'sort' && x === 'id')) p.set(key, x);
+    for (const [key, x] of Object.entries(q)) if (x && !(key === 'sort' && x === 'id') && !(key === 'bars' && x === '86400')) p.set(key, x);
     history.replaceState(null, '', '#/' + (p.toString() ? '?' + p : ''));
-    v.cursors = ['']; v.page = 0;
+    if (k !== 'bars') { v.cursors = ['']; v.page = 0; }
     loadPage();
     renderCards();
   };
@@ -241,25 +443,44 @@ function fleetView(params) {
     cards.replaceChildren(...STATUSES.map((st) => card(st, LABEL[st], sum[st])), card('total', 'all devices', sum.total));
     const gs = Object.entries(sum.groups).sort((a, b) => b[1].total - a[1].total);
     groups.replaceChildren(...gs.slice(0, 12).map(([g, c]) => h('tr', {},
-      h('td', {}, h('a', { href: '#/?group=' + encodeURIComponent(g) }, g || '(none)')),
+      h('td', { title: g }, h('a', { href: '#/?group=' + encodeURIComponent(g) }, g || '(none)')),
       ...['connected', 'temporarily_offline', 'disconnected', 'total'].map((k) => h('td', { class: 'n' }, c[k].toLocaleString())))));
     if (gs.length > 12) groups.append(h('tr', {}, h('td', { colspan: 5, class: 'muted' }, `… and ${gs.length - 12} more groups`)));
     groupList.replaceChildren(...gs.slice(0, 200).map(([g]) => h('option', { value: g })));
   }
 
   async function loadSummary() {
-    try { v.summary = await api('/v1/summary'); renderCards(); } catch (e) { /* shown by the table */ }
+    try { v.summary = await api('/v1/summary'); renderCards(); holdBanner(v.summary.outage_hold); } catch (e) { /* shown by the table */ }
   }
 
   function row(d) {
     const tr = h('tr', { 'data-id': d.id, 'data-status': d.status },
       h('td', { class: 'id' }, h('a', { class: 'dev-link', href: devHref(d.id) }, d.id)),
-      h('td', {}, d.group || h('span', { class: 'muted' }, '—')),
+      h('td', { class: 'grp' }, d.group || h('span', { class: 'muted' }, '—')),
       h('td', { class: 'st' }, badge(d.status)),
       h('td', { class: 'since' }, when(d.status_since)),
       h('td', { class: 'reason' }, d.reason || ''),
-      h('td', {}, when(d.last_heartbeat_at)));
+      h('td', { class: 'hb' }, when(d.last_heartbeat_at)),
+      h('td', { class: 'avail' }, h('div', { class: 'bars loading' })));
+    tr.dev = d;
+    loadBars(tr);
     return tr;
+  }
+
+  // loadBars draws a row's availability bars (queued: a page of rows does not
+  // send all its requests at once).
+  function loadBars(tr) {
+    queueBars(async () => {
+      if (S.view !== v || !tr.isConnected) return;
+      const t1 = Date.now(), t0 = t1 - Number(q.bars) * 1000;
+      try {
+        const r = await api(devURL(tr.dev.id, 'transitions', { from: new Date(t0).toISOString(), to: new Date(t1).toISOString(), limit: 1000 }));
+        const d = { ...tr.dev, status: tr.dataset.status };
+        tr.querySelector('.avail').replaceChildren(barsOf(slotsOf(t0, t1, d, r.transitions), t0, t1));
+      } catch (e) {
+        tr.querySelector('.avail').replaceChildren(h('span', { class: 'error', title: e.message }, '—'));
+      }
+    });
   }
 
   async function loadPage() {
@@ -272,12 +493,12 @@ function fleetView(params) {
       v.cursors[v.page + 1] = page.next_cursor || null;
       v.rows = new Map();
       tbody.replaceChildren(...page.devices.map((d) => { const tr = row(d); v.rows.set(d.id, tr); return tr; }));
-      if (!page.devices.length) tbody.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No device matches.')));
+      if (!page.devices.length) tbody.append(h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No device matches.')));
       prev.disabled = v.page === 0;
       next.disabled = !page.next_cursor;
       info.textContent = `page ${v.page + 1} · ${page.devices.length} devices`;
     } catch (e) {
-      tbody.replaceChildren(h('tr', {}, h('td', { colspan: 6, class: 'error' }, e.message)));
+      tbody.replaceChildren(h('tr', {}, h('td', { colspan: 7, class: 'error' }, e.message)));
     }
   }
 
@@ -310,25 +531,34 @@ function fleetView(params) {
       tr.querySelector('.reason').textContent = t.reason;
       tr.classList.toggle('left', !!q.status && q.status !== t.to);
       tr.classList.remove('flash'); void tr.offsetWidth; tr.classList.add('flash');
+      clearTimeout(tr.barTimer);
+      tr.barTimer = setTimeout(() => loadBars(tr), 500); // once the projection has it
     }
   };
 
   const statusSel = sel('status', 'status', [['', 'any status'], ...STATUSES.map((st) => [st, LABEL[st]])]);
+  const tools = h('div', { class: 'tools', id: 'tools' });
+  const toolsBar = isAdmin() ? h('div', { class: 'actions admin-only' },
+    h('button', { id: 'open-register', type: 'button', onclick: () => tools.replaceChildren(registerForm(() => { v.cursors = ['']; v.page = 0; setTimeout(loadPage, 400); loadSummary(); })) }, '+ Register device'),
+    h('button', { id: 'open-import', type: 'button', hidden: true, onclick: () => tools.replaceChildren(importForm(() => { setTimeout(loadPage, 400); loadSummary(); })) }, 'Import file…')) : '';
+  if (isAdmin()) importAvailable().then((ok) => { const b = document.getElementById('open-import'); if (b) b.hidden = !ok; });
   show(
     cards,
     h('div', { class: 'layout' },
       h('div', {},
         h('section', { class: 'panel' },
-          h('h2', {}, 'Devices'),
+          h('div', { class: 'panel-head' }, h('h2', {}, 'Devices'), h('span', { class: 'spacer' }), toolsBar),
+          tools,
           h('div', { class: 'filters' }, search, statusSel, group, groupList,
             sel('stale', 'stale_for', [['', 'any last heartbeat'], ['60', 'silent > 1 min'], ['300', 'silent > 5 min'],
               ['3600', 'silent > 1 hour'], ['86400', 'silent > 1 day']]),
             sel('sort', 'sort', [['id', 'sort: id'], ['-status_since', 'sort: status changed, newest'],
               ['status_since', 'sort: status changed, oldest'], ['last_heartbeat_at', 'sort: last heartbeat, oldest'],
-              ['-last_heartbeat_at', 'sort: last heartbeat, newest']])),
-          h('table', { class: 'devices' },
-            h('thead', {}, h('tr', {}, ['device', 'group', 'status', 'since', 'reason', 'last heartbeat'].map((x) => h('th', {}, x)))),
-            tbody),
+              ['-last_heartbeat_at', 'sort: last heartbeat, newest']]),
+            sel('bars', 'bars', Object.entries(BAR_WINDOWS).map(([sec, t]) => [sec, 'bars: ' + t]))),
+          h('div', { class: 'scroll' }, h('table', { class: 'devices' },
+            h('thead', {}, h('tr', {}, ['device', 'group', 'status', 'since', 'reason', 'last heartbeat', 'availability'].map((x) => h('th', {}, x)))),
+            tbody)),
           h('div', { class: 'pager' }, prev, next, info))),
       h('aside', {},
         h('section', { class: 'panel' }, h('h2', {}, 'Live transitions'), feed),
@@ -348,7 +578,10 @@ const WINDOWS = [['last 5 min', 300], ['last hour', 3600], ['last 6 hours', 6 * 
 
 function deviceView(id, params) {
   const w = params.get('w');
-  const v = { name: 'device', id, window: w === 'all' ? 0 : Number(w) || 3600, dev: null };
+  // Without ?w= the window is chosen once the device is read: since its
+  // registration, or the last 24 hours if it is older (a new device's whole
+  // history shows at once).
+  const v = { name: 'device', id, window: w === 'all' ? 0 : Number(w) || null, dev: null };
   S.view = v;
   const head = h('div', { class: 'dev-head' });
   const details = h('dl', { class: 'kv' });
@@ -359,6 +592,10 @@ function deviceView(id, params) {
   const msg = h('span', { class: 'note', id: 'action-msg' });
   const winSel = h('select', { id: 'window', onchange: () => { v.window = Number(winSel.value); loadTimeline(); } },
     WINDOWS.map(([t, sec]) => h('option', { value: sec, selected: sec === v.window }, t)));
+  const panelOut = h('div', { id: 'device-out' });
+  const audit = h('tbody', { id: 'audit' });
+  const auditMore = h('button', { id: 'audit-more', type: 'button', hidden: true, onclick: () => loadAudit(true) }, 'Older events…');
+  const auditBeats = h('input', { type: 'checkbox', id: 'audit-heartbeats', onchange: () => loadAudit(false) });
 
   async function act(label, fn) {
     msg.textContent = label + '…';
@@ -366,14 +603,62 @@ function deviceView(id, params) {
   }
   const reconnect = h('button', { id: 'reconnect', onclick: () => act('Reconnect', async () => {
     await api(devURL(id, 'reconnect'), { method: 'POST' });
+    setTimeout(() => loadAudit(false), 500);
     return 'Reconnect requested: the device is told on its next heartbeat.';
   }) }, 'Request reconnect');
   const remote = h('button', { id: 'remote', onclick: () => act('Remote control', async () => {
     const want = !(v.dev && v.dev.remote_control_enabled);
     await api(devURL(id), { method: 'PATCH', body: { remote_control_enabled: want } });
-    setTimeout(loadDevice, 500);
+    setTimeout(() => { loadDevice(); loadAudit(false); }, 500);
     return 'Remote control ' + (want ? 'enabled' : 'disabled') + ' (applied through the event log).';
   }) }, 'Remote control');
+  const rekey = h('button', { id: 'rekey', onclick: () => panelOut.replaceChildren(confirmBox(
+    'Re-key ' + id + '? Its current token stops working now; the device needs the new one.', 'Yes, re-key', () => act('Re-key', async () => {
+      const r = await api(devURL(id, 'token'), { method: 'POST' });
+      panelOut.replaceChildren(tokenBox(id, r.token, 'New token for'));
+      setTimeout(() => loadAudit(false), 500);
+      return 'Re-keyed: the old token is refused from now on.';
+    }))) }, 'Re-key…');
+  const decommission = h('button', { id: 'decommission', class: 'danger', onclick: () => panelOut.replaceChildren(confirmBox(
+    'Decommission ' + id + '? It leaves the fleet: its token stops working and it is no longer tracked. Its history stays readable.',
+    'Yes, decommission', () => act('Decommission', async () => {
+      await api(devURL(id), { method: 'DELETE' });
+      setTimeout(() => { loadDevice(); loadAudit(false); }, 500);
+      return 'Decommissioned.';
+    }))) }, 'Decommission…');
+  const probeIn = h('input', { id: 'probe-url', type: 'url', placeholder: 'http://10.0.0.7:8080/health' });
+  const probeForm = h('form', { class: 'filters', id: 'probe-form' }, probeIn,
+    h('button', { type: 'submit' }, 'Set probe URL'),
+    h('button', { type: 'button', id: 'probe-clear', onclick: () => setProbe('') }, 'Clear'));
+  async function setProbe(u) {
+    await act('Probe URL', async () => {
+      const r = await api(devURL(id), { method: 'PATCH', body: { probe_url: u } });
+      probeIn.value = r.probe_url || '';
+      setTimeout(() => loadAudit(false), 500);
+      return r.probe_url ? 'Probe URL set: ' + r.probe_url : 'Probe URL cleared.';
+    });
+  }
+  probeForm.addEventListener('submit', (ev) => { ev.preventDefault(); setProbe(probeIn.value.trim()); });
+
+  // The audit trail: the device's input events from the log
+  // (GET /v1/devices/{id}/events), oldest first; heartbeats only on demand.
+  let auditAfter = 0;
+  async function loadAudit(more) {
+    const types = ['device_registered', 'device_decommissioned', 'reconnect_requested', 'reconnect_delivered', 'remote_control_changed', 'ping_result'];
+    if (auditBeats.checked) types.push('heartbeat');
+    const p = { types: types.join(','), limit: 100 };
+    if (more && auditAfter) p.after = auditAfter;
+    try {
+      const r = await api(devURL(id, 'events', p));
+      if (S.view !== v) return;
+      const rows = r.events.map((e) => h('tr', { 'data-type': e.type }, h('td', {}, when(e.at)), h('td', {}, e.type.replace(/_/g, ' ')),
+        h('td', {}, e.actor || ''), h('td', { class: 'detail' }, auditDetail(e))));
+      if (more) audit.append(...rows); else audit.replaceChildren(...rows);
+      if (!audit.children.length) audit.append(h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No event.')));
+      auditAfter = r.next_after || 0;
+      auditMore.hidden = !r.next_after;
+    } catch (e) { audit.replaceChildren(h('tr', {}, h('td', { colspan: 4, class: e.status === 403 ? 'muted' : 'error' }, e.message))); }
+  }
 
   async function loadDevice() {
     let d;
@@ -388,7 +673,12 @@ function deviceView(id, params) {
     if (S.view !== v) return;
     v.dev = d;
     head.replaceChildren(h('h1', {}, d.id), badge(d.status), h('span', { class: 'muted' }, 'since ', when(d.status_since)),
-      h('span', { class: 'spacer' }), h('div', { class: 'actions' }, reconnect, remote));
+      h('span', { class: 'spacer' }), isAdmin() ? h('div', { class: 'actions admin-only' }, reconnect, remote, rekey, decommission) : '');
+    if (v.window === null) {
+      const reg = d.registered_at ? new Date(d.registered_at).getTime() : 0;
+      v.window = reg && Date.now() - reg < 86400e3 ? 0 : 86400;
+      winSel.value = String(v.window);
+    }
     remote.textContent = d.remote_control_enabled ? 'Disable remote control' : 'Enable remote control';
     const kv = [
       ['group', d.group || '—'], ['reason', d.reason || '—'], ['reason code', d.reason_code || '—'],
@@ -408,6 +698,8 @@ function deviceView(id, params) {
   }
 
   async function loadTimeline() {
+    if (v.window === null) await loadDevice();
+    if (v.window === null) v.window = 86400;
     const to = new Date();
     let from = new Date(to.getTime() - v.window * 1000);
     if (!v.window) {
@@ -456,17 +748,36 @@ function deviceView(id, params) {
     // The projection applies the transition a moment after the stream has it.
     timer = setTimeout(() => { loadDevice(); loadTimeline(); loadHistory(); }, 300);
   };
+  const adminPanel = isAdmin() ? h('section', { class: 'panel admin-only' }, h('h2', {}, 'Manage'),
+    h('p', { class: 'note' }, 'Probe URL: where the ping service checks the device when it goes quiet (the probe policy applies).'),
+    probeForm, panelOut) : '';
 
   show(h('p', {}, h('a', { href: '#/' }, '‹ fleet')), head,
     h('section', { class: 'panel' }, h('div', { class: 'filters' }, h('h2', {}, 'Status timeline'), winSel), chart, legend),
     h('div', { class: 'two' },
       h('section', { class: 'panel' }, h('h2', {}, 'Details'), details, h('p', {}, msg)),
       h('section', { class: 'panel' }, h('h2', {}, 'Latest metrics'), metrics)),
+    adminPanel,
     h('section', { class: 'panel' }, h('h2', {}, 'Transitions (newest first)'),
-      h('table', {}, h('thead', {}, h('tr', {}, ['at', 'change', 'code', 'reason'].map((x) => h('th', {}, x)))), hist)));
+      h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {}, ['at', 'change', 'code', 'reason'].map((x) => h('th', {}, x)))), hist))),
+    h('section', { class: 'panel' }, h('div', { class: 'panel-head' }, h('h2', {}, 'Audit trail (oldest first)'), h('span', { class: 'spacer' }),
+      h('label', { class: 'note' }, auditBeats, ' heartbeats too')),
+    h('div', { class: 'scroll' }, h('table', { id: 'audit-table' }, h('thead', {}, h('tr', {}, ['at', 'event', 'by', 'detail'].map((x) => h('th', {}, x)))), audit)),
+    auditMore));
   loadDevice();
   loadTimeline();
   loadHistory();
+  loadAudit(false);
+}
+
+// auditDetail says what an input event carried.
+function auditDetail(e) {
+  if (e.registered) return Object.entries(e.registered).filter(([, x]) => x !== '' && x !== null).map(([k, x]) => k + ' ' + x).join(' · ');
+  if (e.remote_control) return e.remote_control.enabled ? 'enabled' : 'disabled';
+  if (e.ping) return (e.ping.ok ? 'ok' : 'failed') + (e.ping.rtt_ms !== undefined ? ' · ' + e.ping.rtt_ms + ' ms' : '');
+  if (e.delivered) return 'delivered (' + e.delivered.reason + ')';
+  if (e.heartbeat && e.heartbeat.metrics) return 'metrics ' + JSON.stringify(e.heartbeat.metrics).slice(0, 120);
+  return '';
 }
 
 // timeline draws the status over [from, to] as one bar of coloured segments
@@ -520,9 +831,12 @@ function route() {
   fleetView(params);
 }
 
-function start() {
+async function start() {
+  if (!S.role) {
+    try { await whoami(); } catch (e) { if (e.status !== 401) renderLogin('Cannot reach the API: ' + e.message); return; }
+  }
   document.getElementById('signout').hidden = false;
-  setStreamCookie(S.token);
+  document.getElementById('live').hidden = false;
   connectStream();
   route();
 }
@@ -532,4 +846,6 @@ document.getElementById('signout').addEventListener('click', () => signOut('Sign
 setInterval(() => {
   for (const el of document.querySelectorAll('time[data-ago]')) if (el.dataset.ago) el.textContent = ago(el.dataset.ago);
 }, 5000);
+// Earlier versions kept the token in a cookie for the stream: drop it.
+document.cookie = 'devstatus_token=; path=/v1/stream; max-age=0; SameSite=Strict';
 if (S.token) start(); else renderLogin();
