@@ -168,6 +168,12 @@ func TestBrowserDashboard(t *testing.T) {
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 	poll := func(expr string) chromedp.Action[chromedp.Void] { return chromedp.Poll[chromedp.Void](expr) }
 	row := func(id string) string { return fmt.Sprintf(`tr[data-id=%q]`, id) }
+	// jsClick clicks from the page: the device page's header is redrawn on
+	// every transition, and a node the protocol found may be gone by the
+	// time it clicks.
+	jsClick := func(sel string) chromedp.Action[chromedp.Void] {
+		return poll(fmt.Sprintf(`(() => { const el = document.querySelector(%q); if (!el) return false; el.click(); return true; })()`, sel))
+	}
 
 	waitListed := func(query string, n int) { // the projection has them (the table is read once per visit)
 		t.Helper()
@@ -268,6 +274,15 @@ func TestBrowserDashboard(t *testing.T) {
 	}
 	run("viewport back", chromedp.EmulateViewport(1440, 1000))
 
+	run("fleet again", chromedp.Evaluate[chromedp.Void](`location.hash = '#/'`), chromedp.WaitVisible(css(row(quiet[0]))))
+	for _, id := range quiet {
+		run("quiet "+id, chromedp.WaitVisible(css(row(id)+`[data-status="disconnected"]`)))
+	}
+	run("summary", poll(`document.querySelector('[data-count="disconnected"]').textContent === "3"`))
+	if err := os.WriteFile(filepath.Join(shots, "dashboard.png"), shot("screenshot"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	// Register a device: its token is shown once, with a copy button, and
 	// works for a heartbeat.
 	const added = "lobby/kiosk-added"
@@ -327,14 +342,6 @@ func TestBrowserDashboard(t *testing.T) {
 
 	// The quiet devices disconnect; the page shows that live too, and the
 	// summary counts them.
-	run("fleet again", chromedp.Evaluate[chromedp.Void](`location.hash = '#/'`), chromedp.WaitVisible(css(row(quiet[0]))))
-	for _, id := range quiet {
-		run("quiet "+id, chromedp.WaitVisible(css(row(id)+`[data-status="disconnected"]`)))
-	}
-	run("summary", poll(`document.querySelector('[data-count="disconnected"]').textContent === "3"`))
-	if err := os.WriteFile(filepath.Join(shots, "dashboard.png"), shot("screenshot"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 
 	// The device page: its timeline (registered, then connected) and metrics;
 	// a device registered a minute ago shows its whole history by default.
@@ -357,9 +364,9 @@ func TestBrowserDashboard(t *testing.T) {
 		t.Errorf("device page: %d timeline segments, metrics %q", segs, metrics)
 	}
 	// Admin actions through the bridge's endpoints.
-	run("reconnect", chromedp.Click(css(`#reconnect`)),
+	run("reconnect", jsClick(`#reconnect`),
 		poll(`document.getElementById('action-msg').textContent.startsWith('Reconnect requested')`),
-		chromedp.Click(css(`#remote`)),
+		jsClick(`#remote`),
 		poll(`document.getElementById('action-msg').textContent.startsWith('Remote control enabled')`))
 	// The probe URL: the policy's refusal is shown; an allowed one is set.
 	run("probe url refused",
@@ -409,8 +416,8 @@ func TestBrowserDashboard(t *testing.T) {
 	// Re-key, after a confirmation: the new token is shown once; the old one
 	// is refused from then on.
 	oldToken := token(live)
-	run("re-key", chromedp.Click(css(`#rekey`)), chromedp.WaitVisible(css(`#confirm`)),
-		chromedp.Click(css(`#confirm-yes`)),
+	run("re-key", jsClick(`#rekey`), chromedp.WaitVisible(css(`#confirm`)),
+		jsClick(`#confirm-yes`),
 		chromedp.WaitVisible(css(`#token-box code.token`)),
 		poll(`document.getElementById('action-msg').textContent.startsWith('Re-keyed')`))
 	newToken := get("re-keyed token", chromedp.Text(css(`#token-box code.token`)))
@@ -428,12 +435,12 @@ func TestBrowserDashboard(t *testing.T) {
 	run("decommission page",
 		chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`location.hash = '#/device/' + encodeId(%q)`, gone)),
 		poll(fmt.Sprintf(`document.querySelector('.dev-head h1') && document.querySelector('.dev-head h1').textContent === %q && !!document.getElementById('decommission')`, gone)),
-		chromedp.Click(css(`#decommission`)), chromedp.WaitVisible(css(`#confirm`)), chromedp.Click(css(`#confirm-no`)),
+		jsClick(`#decommission`), chromedp.WaitVisible(css(`#confirm`)), jsClick(`#confirm-no`),
 		poll(`!document.getElementById('confirm')`))
 	if code, _ := post(t, "POST", base+"/v1/devices/"+url.PathEscape(gone)+"/heartbeat", token(gone), map[string]any{}); code != 200 {
 		t.Fatalf("cancelled decommission: heartbeat %d", code)
 	}
-	run("decommission", chromedp.Click(css(`#decommission`)), chromedp.WaitVisible(css(`#confirm`)), chromedp.Click(css(`#confirm-yes`)),
+	run("decommission", jsClick(`#decommission`), chromedp.WaitVisible(css(`#confirm`)), jsClick(`#confirm-yes`),
 		poll(`document.getElementById('action-msg').textContent === 'Decommissioned.'`),
 		chromedp.WaitVisible(css(`#audit tr[data-type="device_decommissioned"]`)))
 	if code, _ := post(t, "POST", base+"/v1/devices/"+url.PathEscape(gone)+"/heartbeat", token(gone), map[string]any{}); code == 200 {
@@ -512,7 +519,7 @@ func TestBrowserDashboard(t *testing.T) {
 	run("open ..", chromedp.Evaluate[chromedp.Void](`location.hash = '#/device/' + encodeId('..')`),
 		chromedp.WaitVisible(css(`#metrics`)),
 		chromedp.WaitVisible(css(`#history span.badge.connected`)),
-		chromedp.Click(css(`#reconnect`)),
+		jsClick(`#reconnect`),
 		poll(`document.getElementById('action-msg').textContent.startsWith('Reconnect requested')`))
 	if code, out := post(t, "POST", base+"/v1/devices/%2E%2E/heartbeat", token(".."), map[string]any{}); code != 200 || out["should_reconnect"] != true {
 		t.Errorf("heartbeat of .. after the dashboard's reconnect: %d %v", code, out)
