@@ -260,6 +260,9 @@ func TestBrowserDashboard(t *testing.T) {
 		for (const el of document.querySelectorAll('.panel, .cards, .groups, header.top')) {
 			if (el.scrollWidth > el.clientWidth + 1) bad.push((el.className || el.tagName) + ' ' + el.scrollWidth + ' > ' + el.clientWidth);
 		}
+		for (const c of document.querySelectorAll('.groups th:not(:first-child), .groups td:not(:first-child)')) {
+			if (c.scrollWidth > c.clientWidth + 1) bad.push('groups cell ' + c.textContent + ' ' + c.scrollWidth + ' > ' + c.clientWidth);
+		}
 		for (const td of document.querySelectorAll('.groups td')) {
 			const t = td.closest('table').getBoundingClientRect(), r = td.getBoundingClientRect();
 			if (r.right > t.right + 1) bad.push('groups cell ' + td.textContent + ' ends at ' + r.right + ' > ' + t.right);

@@ -564,7 +564,8 @@ function fleetView(params) {
         h('section', { class: 'panel' }, h('h2', {}, 'Live transitions'), feed),
         h('section', { class: 'panel' }, h('h2', {}, 'Groups'),
           h('table', { class: 'groups' }, h('thead', {}, h('tr', {},
-            ['group', 'conn.', 'offline', 'disc.', 'total'].map((x) => h('th', {}, x)))), groups)))));
+            [['group', 'group'], ['conn.', 'connected'], ['off.', 'temporarily offline'], ['disc.', 'disconnected'], ['total', 'all devices']]
+              .map(([x, title]) => h('th', { title }, x)))), groups)))));
   feed.replaceChildren(...S.feed.map(feedItem));
   loadSummary();
   loadPage();
