@@ -234,6 +234,18 @@ func TestBrowserDashboard(t *testing.T) {
 	if got := get("storage", chromedp.Evaluate[string](`sessionStorage.getItem('devstatus_token') + '|' + localStorage.length`)); got != admin+"|0" {
 		t.Errorf("token storage: %q", got)
 	}
+	// A broken stream is reopened with a new ticket, after the last event
+	// it had (the quiet devices' transitions below come through it).
+	firstURL := get("stream url", chromedp.Evaluate[string](`S.es.url`))
+	run("stream reconnects", chromedp.Evaluate[chromedp.Void](`window.__oldES = S.es; S.es.dispatchEvent(new Event('error'))`),
+		poll(`S.es && S.es !== window.__oldES && S.es.readyState === EventSource.OPEN && document.getElementById('live').dataset.live === '1'`))
+	u, err := url.Parse(get("new stream url", chromedp.Evaluate[string](`S.es.url`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Query().Get("ticket") == "" || u.Query().Get("last_event_id") == "" || strings.Contains(firstURL, u.Query().Get("ticket")) || strings.Contains(u.String(), admin) {
+		t.Errorf("stream reopened at %s (first %s): want a new ticket and last_event_id, no token", u, firstURL)
+	}
 	if who := get("whoami", chromedp.Text(css(`#who`))); !strings.Contains(who, "admin") {
 		t.Errorf("signed in as %q", who)
 	}
