@@ -156,7 +156,7 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || !bytes.Equal(b, openapi.Document()) {
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(b, openapi.Document()) {
 		t.Fatalf("GET /openapi.json: %d, %d bytes", resp.StatusCode, len(b))
 	}
 }
@@ -422,7 +422,7 @@ func TestSpecValidatorRefusesWrongAnswer(t *testing.T) {
 		{"/v1/summary", 401, `{"error":{"message":"no"}}`},
 		{"/v1/summary", 418, `{}`},
 	} {
-		req, _ := http.NewRequest("GET", c.path, nil)
+		req, _ := http.NewRequest(http.MethodGet, c.path, nil)
 		resp := &http.Response{StatusCode: c.code, Header: http.Header{"Content-Type": {"application/json"}},
 			Body: io.NopCloser(strings.NewReader(c.body)), Request: req}
 		if ok, _ := sv.v.ValidateHttpResponse(req, resp); ok {
