@@ -119,22 +119,37 @@ func hex4(b []byte, at int) (rune, bool) {
 // present. Unknown keys, duplicate keys, a non-object and trailing data are
 // refused (400).
 func parseObject(body []byte, allowed ...string) (map[string]json.RawMessage, error) {
+	f, _, err := parseObjectKeys(body, false, allowed)
+	return f, err
+}
+
+// parseObjectLenient is parseObject for the bodies devices send (a
+// heartbeat, a gateway batch item): a key not among allowed is skipped (its
+// value must still be valid JSON) and counted in unknown, so that firmware
+// newer than the server can add fields. Keys match case-sensitively, so
+// "Metrics" is an unknown key too. A known key twice is still refused.
+func parseObjectLenient(body []byte, allowed ...string) (f map[string]json.RawMessage, unknown int, err error) {
+	return parseObjectKeys(body, true, allowed)
+}
+
+func parseObjectKeys(body []byte, lenient bool, allowed []string) (map[string]json.RawMessage, int, error) {
 	if err := checkText(body); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	tok, err := dec.Token()
 	if err != nil {
-		return nil, malformed("body is not JSON: %v", err)
+		return nil, 0, malformed("body is not JSON: %v", err)
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, malformed("body must be a JSON object")
+		return nil, 0, malformed("body must be a JSON object")
 	}
 	out := make(map[string]json.RawMessage, len(allowed))
+	unknown := 0
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, malformed("malformed JSON: %v", err)
+			return nil, 0, malformed("malformed JSON: %v", err)
 		}
 		key, _ := tok.(string)
 		known := false
@@ -144,25 +159,33 @@ func parseObject(body []byte, allowed ...string) (map[string]json.RawMessage, er
 				break
 			}
 		}
+		if !known && lenient {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return nil, 0, malformed("malformed JSON: %v", err)
+			}
+			unknown++
+			continue
+		}
 		if !known {
-			return nil, badRequest("unknown field %q", key)
+			return nil, 0, badRequest("unknown field %q", key)
 		}
 		if _, dup := out[key]; dup {
-			return nil, badRequest("field %q appears twice", key)
+			return nil, 0, badRequest("field %q appears twice", key)
 		}
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
-			return nil, malformed("malformed JSON: %v", err)
+			return nil, 0, malformed("malformed JSON: %v", err)
 		}
 		out[key] = raw
 	}
 	if _, err := dec.Token(); err != nil {
-		return nil, malformed("malformed JSON: %v", err)
+		return nil, 0, malformed("malformed JSON: %v", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, malformed("trailing data after the JSON object")
+		return nil, 0, malformed("trailing data after the JSON object")
 	}
-	return out, nil
+	return out, unknown, nil
 }
 
 func isNull(raw json.RawMessage) bool { return raw == nil || string(raw) == "null" }
@@ -191,6 +214,9 @@ type heartbeatBody struct {
 	// ProbeURL is the device's probe URL as reported (nil: not reported,
 	// "": clear it); the handler checks it against the probe policy.
 	ProbeURL *string
+	// UnknownFields is how many top-level fields the decoder does not know
+	// (skipped; counted in devstatus_heartbeat_unknown_fields_total).
+	UnknownFields int
 }
 
 // decodeHeartbeat decodes a heartbeat body:
@@ -198,8 +224,12 @@ type heartbeatBody struct {
 //	{"device_time": "<RFC 3339>", "metrics": {"battery": 87, ...}}
 //
 // Both fields are optional; an empty (or all white space) body is a heartbeat
-// without metrics. Unknown top-level fields are refused (400) so that a typo
-// ("metric") is not silently dropped; unknown metric keys are kept verbatim.
+// without metrics. Unknown top-level fields are skipped and counted
+// (UnknownFields), never refused, so that firmware newer than the server
+// (one that sends a field this version does not know) is not turned away;
+// their values must still be valid JSON. Names match case-sensitively:
+// "Metrics" is an unknown field, skipped like any other. Unknown metric keys are kept
+// verbatim.
 // Metrics: a JSON object (or null) of at most maxMetrics keys, each key 1–128
 // bytes, each value's JSON at most maxMetricBytes bytes, no duplicate keys,
 // nesting at most MaxMetricDepth, numbers finite as 64-bit floats. Anywhere
@@ -212,11 +242,13 @@ func decodeHeartbeat(body []byte, maxMetrics, maxMetricBytes int) (heartbeatBody
 	if len(bytes.TrimSpace(body)) == 0 {
 		return hb, nil
 	}
-	f, err := parseObject(body, "device_time", "metrics", "probe_url")
+	f, unknown, err := parseObjectLenient(body, "device_time", "metrics", "probe_url")
 	if err != nil {
 		return hb, err
 	}
-	return decodeHeartbeatFields(f, maxMetrics, maxMetricBytes)
+	hb, err = decodeHeartbeatFields(f, maxMetrics, maxMetricBytes)
+	hb.UnknownFields = unknown
+	return hb, err
 }
 
 // decodeHeartbeatFields checks the fields of a heartbeat parsed by

@@ -12,16 +12,18 @@ import (
 
 // slowHeartbeat is decodeHeartbeat without its fast path.
 func slowHeartbeat(body []byte) (heartbeatBody, error) {
-	f, err := parseObject(body, "device_time", "metrics", "probe_url")
+	f, unknown, err := parseObjectLenient(body, "device_time", "metrics", "probe_url")
 	if err != nil {
 		return heartbeatBody{}, err
 	}
-	return decodeHeartbeatFields(f, DefaultMaxMetrics, DefaultMaxMetricBytes)
+	hb, err := decodeHeartbeatFields(f, DefaultMaxMetrics, DefaultMaxMetricBytes)
+	hb.UnknownFields = unknown
+	return hb, err
 }
 
 // slowItem decodes a gateway batch item as decodeGatewayItem does.
 func slowItem(raw []byte) (string, heartbeatBody, error) {
-	f, err := parseObject(raw, "device", "device_time", "metrics", "probe_url")
+	f, unknown, err := parseObjectLenient(raw, "device", "device_time", "metrics", "probe_url")
 	if err != nil {
 		return "", heartbeatBody{}, err
 	}
@@ -30,11 +32,13 @@ func slowItem(raw []byte) (string, heartbeatBody, error) {
 		return "", heartbeatBody{}, fmt.Errorf("no device")
 	}
 	hb, err := decodeHeartbeatFields(f, DefaultMaxMetrics, DefaultMaxMetricBytes)
+	hb.UnknownFields = unknown
 	return id, hb, err
 }
 
 func sameHB(a, b heartbeatBody) bool {
-	return reflect.DeepEqual(a.DeviceTime, b.DeviceTime) && bytes.Equal(a.Metrics, b.Metrics) && reflect.DeepEqual(a.ProbeURL, b.ProbeURL)
+	return reflect.DeepEqual(a.DeviceTime, b.DeviceTime) && bytes.Equal(a.Metrics, b.Metrics) && reflect.DeepEqual(a.ProbeURL, b.ProbeURL) &&
+		a.UnknownFields == b.UnknownFields
 }
 
 // checkFast asserts that what the fast path accepts, the full decoder
@@ -78,6 +82,8 @@ var fastSeeds = []string{
 	`{"metrics":{"a":1},"metrics":{"b":2}}`, "{\"metrics\":{\"a\":\"\t\"}}", `{"metrics":{"a":"x\"y"}}`,
 	`{"metrics":{"k":` + strings.Repeat("9", 301) + `}}`, `{"metrics":{"k":` + strings.Repeat("9", 300) + `}}`,
 	`{"metrics":{"` + strings.Repeat("k", 129) + `":1}}`, `{"metrics":{"` + strings.Repeat("k", 128) + `":1}}`,
+	`{"fw":"2.0","metrics":{"a":1}}`, `{"Metrics":{"a":1}}`, `{"metrics":{"a":1},"extra":{"n":[1,{"x":null}]}}`,
+	`{"device":"d1","fw":2}`, `{"x":1,"x":2}`, `{"x":}`,
 }
 
 func TestFastHeartbeatMatchesDecoder(t *testing.T) {
@@ -90,7 +96,7 @@ func TestFastHeartbeatMatchesDecoder(t *testing.T) {
 	// Random plain bodies and mutations of them.
 	rnd := rand.New(rand.NewPCG(1, 2))
 	pieces := []string{`"battery"`, `"Battery"`, `"signal"`, `"app_version"`, `87`, `-61`, `0.5`, `"4.2.1"`, `true`, `null`,
-		`false`, `"x"`, `1e3`, `{`, `}`, `[`, `]`, `,`, `:`, ` `, `"é"`, `"a\"b"`, `-`, `00`, `"device_time"`, `"metrics"`}
+		`false`, `"x"`, `1e3`, `{`, `}`, `[`, `]`, `,`, `:`, ` `, `"é"`, `"a\"b"`, `-`, `00`, `"device_time"`, `"metrics"`, `"fw":1,`}
 	for n := 0; n < 20000; n++ {
 		var b strings.Builder
 		b.WriteString(`{"metrics":{`)

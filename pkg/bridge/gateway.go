@@ -359,7 +359,7 @@ type gatewayHB struct {
 // error code and message of its refusal.
 func (b *Bridge) decodeGatewayItem(ctx context.Context, gw string, raw json.RawMessage) (string, gatewayHB, int, string, string) {
 	var hb gatewayHB
-	f, err := parseObject(raw, "device", "device_time", "metrics", "probe_url")
+	f, unknown, err := parseObjectLenient(raw, "device", "device_time", "metrics", "probe_url")
 	if err != nil {
 		id, _ := itemDevice(raw)
 		code, msg := requestErrorCode(err)
@@ -376,6 +376,7 @@ func (b *Bridge) decodeGatewayItem(ctx context.Context, gw string, raw json.RawM
 		code, msg := requestErrorCode(err)
 		return id, hb, http.StatusBadRequest, code, msg
 	}
+	hb.body.UnknownFields = unknown
 	return b.checkGatewayItem(ctx, gw, id, hb.body)
 }
 

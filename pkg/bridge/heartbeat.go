@@ -98,6 +98,9 @@ type admitted struct {
 	// would be lost.
 	status     events.Status
 	offlineSeq uint64
+	// unknownFields: the heartbeat's top-level fields this version does
+	// not know, counted once it is accepted.
+	unknownFields int
 }
 
 // admitHeartbeat applies the device's rate limit at now (the receive time),
@@ -119,7 +122,7 @@ func (b *Bridge) admitHeartbeat(id string, hb *heartbeatBody, ent registry.Entry
 	}
 	status, offlineSeq := b.status.forHeartbeat(id)
 	return admitted{id: id, ent: ent, probeURL: hb.ProbeURL, now: now, tk: tk, in: in, msgID: msgID, windowEnd: windowEnd,
-		status: status, offlineSeq: offlineSeq}, 0, true
+		status: status, offlineSeq: offlineSeq, unknownFields: hb.UnknownFields}, 0, true
 }
 
 // hbOutcome is the answer to one heartbeat: 200 with resp, 429 with
@@ -154,6 +157,9 @@ func (b *Bridge) settleHeartbeat(ctx context.Context, a *admitted, ack *jetstrea
 	}
 	b.lastAccepted.Store(a.now.UnixNano())
 	b.m.lastAccepted.Set(float64(a.now.UnixNano()) / 1e9)
+	if a.unknownFields > 0 {
+		b.m.unknownFields.Add(float64(a.unknownFields))
+	}
 
 	resp := heartbeatResponse{RemoteControlEnabled: a.ent.RemoteControlEnabled,
 		HeartbeatIntervalS: int(b.cfg.HeartbeatInterval / time.Second)}

@@ -24,9 +24,15 @@ type metrics struct {
 	requestDuration   *prometheus.HistogramVec // by route, code
 	shouldReconnect   *prometheus.CounterVec   // by reason
 	lastAccepted      prometheus.Gauge
-	collectors        []prometheus.Collector
-	clk               clock.Clock // measures durations (the injected clock)
+	// unknownFields counts the top-level fields of accepted heartbeats that
+	// this version does not know (skipped). No label per field name: names
+	// come from devices, so a label would be unbounded.
+	unknownFields prometheus.Counter
+	collectors    []prometheus.Collector
+	clk           clock.Clock // measures durations (the injected clock)
 }
+
+const unknownFieldsHelp = "Top-level fields this version does not know, in accepted heartbeats (single endpoint and gateway batch items); skipped, never refused. Rising after a firmware release: the firmware sends a field this server ignores."
 
 func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metrics {
 	m := &metrics{
@@ -65,6 +71,10 @@ func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metri
 			Name: "devstatus_bridge_should_reconnect_total",
 			Help: "Heartbeat answers with should_reconnect=true, by reason (operator, comeback).",
 		}, []string{"reason"}),
+		unknownFields: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devstatus_heartbeat_unknown_fields_total",
+			Help: unknownFieldsHelp,
+		}),
 		lastAccepted: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "devstatus_bridge_last_heartbeat_accepted_timestamp_seconds",
 			Help: "Time (bridge clock, Unix seconds) of the last accepted heartbeat; alert when it stops moving (ingest stopped).",
@@ -76,7 +86,7 @@ func newMetrics(clk clock.Clock, reg *registry.Registry, st *statusCache) *metri
 	}
 	m.collectors = []prometheus.Collector{
 		m.heartbeats, m.pings, m.rateLimited, m.rateWindowRefused, m.publishErrors, m.publishDuration, m.requestDuration,
-		m.shouldReconnect, m.lastAccepted,
+		m.shouldReconnect, m.lastAccepted, m.unknownFields,
 		cacheCounter("devstatus_registry_cache_hits_total", "Device lookups answered from the registry cache.",
 			func(s registry.CacheStats) uint64 { return s.Hits }),
 		cacheCounter("devstatus_registry_cache_misses_total", "Device lookups that read the KV bucket.",
