@@ -25,24 +25,27 @@ import (
 // config is every flag of `devstatus serve` (and the subset the other
 // commands use). Each flag also reads DEVSTATUS_<FLAG_IN_UPPER_SNAKE_CASE>.
 type config struct {
-	HTTPAddr         string
-	TLSCert, TLSKey  string
-	MetricsAddr      string
-	Pprof            bool
-	DatabaseURLFile  string
-	AdminTokenFile   string
-	PingTokenFile    string
-	NATSURL          string
-	NATSListen       string
-	DataDir          string
-	DatabaseURL      string
-	Roles            []string
-	Partitions       int
-	Replicas         int
-	Thresholds       worker.Thresholds
-	GroupThresholds  string
-	Tick             time.Duration
-	HeartbeatEvery   time.Duration
+	HTTPAddr        string
+	TLSCert, TLSKey string
+	MetricsAddr     string
+	Pprof           bool
+	DatabaseURLFile string
+	AdminTokenFile  string
+	PingTokenFile   string
+	NATSURL         string
+	NATSListen      string
+	DataDir         string
+	DatabaseURL     string
+	Roles           []string
+	Partitions      int
+	Replicas        int
+	Thresholds      worker.Thresholds
+	GroupThresholds string
+	Tick            time.Duration
+	HeartbeatEvery  time.Duration
+	// groupIntervals: the heartbeat interval per group, from the optional
+	// fourth part of --group-thresholds.
+	groupIntervals   map[string]time.Duration
 	RateMinInterval  time.Duration
 	RatePerMinute    int
 	AdminToken       string
@@ -113,7 +116,7 @@ func newFlagSet(name string, c *config) *flag.FlagSet {
 		fs.DurationVar(&c.Thresholds.Default.OfflineAfter, "offline-after", 40*time.Second, "silence after which a connected device is temporarily_offline (exclusive)")
 		fs.DurationVar(&c.Thresholds.Default.DisconnectAfter, "disconnect-after", 300*time.Second, "time without liveness after which a device is disconnected (inclusive)")
 		fs.DurationVar(&c.Thresholds.Default.PingIgnoreWithin, "ping-ignore-within", 30*time.Second, "ping results checked within this time after the last heartbeat are ignored")
-		fs.StringVar(&c.GroupThresholds, "group-thresholds", "", "per-group thresholds: group=offline/disconnect/ping-ignore,… e.g. kiosk=60s/600s/30s")
+		fs.StringVar(&c.GroupThresholds, "group-thresholds", "", "per-group thresholds: group=offline/disconnect[/ping-ignore[/heartbeat-interval]],… e.g. kiosk=60s/600s/30s/20s (an omitted part: the global value; the interval is told to the group's devices)")
 		fs.DurationVar(&c.Tick, "tick", time.Second, "clock tick period: bounds detection latency")
 		fs.DurationVar(&c.HeartbeatEvery, "heartbeat-interval", 30*time.Second, "heartbeat interval told to devices")
 		fs.DurationVar(&c.RateMinInterval, "rate-min-interval", 10*time.Second, "least time between accepted heartbeats of one device (0 turns it off)")
@@ -242,11 +245,19 @@ func (c *config) finish() error {
 		}
 	}
 	if c.GroupThresholds != "" {
-		g, err := parseGroupThresholds(c.GroupThresholds, c.Thresholds.Default)
+		g, iv, err := parseGroupThresholds(c.GroupThresholds, c.Thresholds.Default)
 		if err != nil {
 			errs = append(errs, err)
 		}
-		c.Thresholds.Groups = g
+		c.Thresholds.Groups, c.groupIntervals = g, iv
+		for name, d := range iv {
+			if d < time.Second || d%time.Second != 0 {
+				errs = append(errs, fmt.Errorf("--group-thresholds %s: heartbeat interval must be whole seconds, at least 1s, got %s", name, d))
+			} else if d >= g[name].OfflineAfter {
+				c.warnings = append(c.warnings, fmt.Sprintf("group %s: heartbeat interval (%s) is not shorter than its offline_after (%s): its devices will flap",
+					name, d, g[name].OfflineAfter))
+			}
+		}
 	}
 	if err := c.Thresholds.Validate(); err != nil {
 		errs = append(errs, err)
@@ -321,35 +332,45 @@ func parsePartitionList(s string, n int) ([]int, error) {
 // devRun is a run on the embedded NATS server: missing tokens are generated.
 func (c *config) devRun() bool { return c.NATSURL == "" }
 
-// parseGroupThresholds parses "g1=40s/300s/30s,g2=60s/600s" (ping-ignore
-// defaults to the global value when omitted).
-func parseGroupThresholds(s string, def statemachine.Thresholds) (map[string]statemachine.Thresholds, error) {
+// parseGroupThresholds parses "g1=40s/300s/30s/20s,g2=60s/600s": per group
+// offline/disconnect[/ping-ignore[/heartbeat-interval]]; an omitted
+// ping-ignore is the global value (def), an omitted interval leaves the
+// group on --heartbeat-interval (no entry in intervals).
+func parseGroupThresholds(s string, def statemachine.Thresholds) (th map[string]statemachine.Thresholds, intervals map[string]time.Duration, err error) {
+	const form = "group=offline/disconnect[/ping-ignore[/heartbeat-interval]]"
 	out := map[string]statemachine.Thresholds{}
+	intervals = map[string]time.Duration{}
 	for _, item := range strings.Split(s, ",") {
 		name, spec, ok := strings.Cut(strings.TrimSpace(item), "=")
 		if !ok || name == "" {
-			return nil, fmt.Errorf("--group-thresholds: %q is not group=offline/disconnect[/ping-ignore]", item)
+			return nil, nil, fmt.Errorf("--group-thresholds: %q is not %s", item, form)
 		}
 		parts := strings.Split(spec, "/")
-		if len(parts) < 2 || len(parts) > 3 {
-			return nil, fmt.Errorf("--group-thresholds: %q is not group=offline/disconnect[/ping-ignore]", item)
+		if len(parts) < 2 || len(parts) > 4 {
+			return nil, nil, fmt.Errorf("--group-thresholds: %q is not %s", item, form)
 		}
 		th := def
-		var err error
 		if th.OfflineAfter, err = time.ParseDuration(parts[0]); err != nil {
-			return nil, fmt.Errorf("--group-thresholds %s: %w", name, err)
+			return nil, nil, fmt.Errorf("--group-thresholds %s: %w", name, err)
 		}
 		if th.DisconnectAfter, err = time.ParseDuration(parts[1]); err != nil {
-			return nil, fmt.Errorf("--group-thresholds %s: %w", name, err)
+			return nil, nil, fmt.Errorf("--group-thresholds %s: %w", name, err)
 		}
-		if len(parts) == 3 {
+		if len(parts) >= 3 && parts[2] != "" {
 			if th.PingIgnoreWithin, err = time.ParseDuration(parts[2]); err != nil {
-				return nil, fmt.Errorf("--group-thresholds %s: %w", name, err)
+				return nil, nil, fmt.Errorf("--group-thresholds %s: %w", name, err)
 			}
+		}
+		if len(parts) == 4 {
+			d, err := time.ParseDuration(parts[3])
+			if err != nil {
+				return nil, nil, fmt.Errorf("--group-thresholds %s: heartbeat interval: %w", name, err)
+			}
+			intervals[name] = d
 		}
 		out[name] = th
 	}
-	return out, nil
+	return out, intervals, nil
 }
 
 // devToken returns the token stored in dataDir/name, creating a random one

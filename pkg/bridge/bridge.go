@@ -68,6 +68,10 @@ type Config struct {
 	// HeartbeatInterval is told to devices (heartbeat_interval_s). Default 30s;
 	// whole seconds, at least 1s.
 	HeartbeatInterval time.Duration
+	// GroupHeartbeatIntervals overrides HeartbeatInterval for the devices of
+	// a group (registry.Entry.Group → interval); each at least 1s. A group
+	// absent from it gets HeartbeatInterval.
+	GroupHeartbeatIntervals map[string]time.Duration
 	// RateMinInterval is the least time between two accepted heartbeats of a
 	// device. 0 = off; negative is invalid.
 	RateMinInterval time.Duration
@@ -143,6 +147,11 @@ func (c *Config) validate() error {
 	}
 	if c.HeartbeatInterval < time.Second {
 		errs = append(errs, fmt.Errorf("HeartbeatInterval must be at least 1s, got %s", c.HeartbeatInterval))
+	}
+	for g, d := range c.GroupHeartbeatIntervals {
+		if d < time.Second {
+			errs = append(errs, fmt.Errorf("GroupHeartbeatIntervals[%q] must be at least 1s, got %s", g, d))
+		}
 	}
 	if c.RateMinInterval < 0 {
 		errs = append(errs, fmt.Errorf("RateMinInterval must be >= 0 (0 = off), got %s", c.RateMinInterval))

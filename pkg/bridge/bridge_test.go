@@ -260,6 +260,9 @@ func TestRateLimit(t *testing.T) {
 		if code == 429 && r.errCode(t) != httpx.CodeRateLimited {
 			t.Errorf("429 code %s", r.body)
 		}
+		if code == 429 {
+			checkRetryAfterBody(t, r)
+		}
 	}
 	expect(0, 200, "")
 	expect(5*time.Second, 429, "5")
@@ -632,6 +635,7 @@ func TestBusDownAndBack(t *testing.T) {
 		if r.code != 503 || r.hdr.Get("Retry-After") == "" || r.errCode(t) != httpx.CodeUnavailable {
 			t.Fatalf("heartbeat while NATS is down: %d %s Retry-After %q", r.code, r.body, r.hdr.Get("Retry-After"))
 		}
+		checkRetryAfterBody(t, r)
 	}
 	// Admin calls fail alike.
 	if r := e.do("POST", "/v1/devices", adminToken, "application/json", strings.NewReader(`{"id":"B"}`)); r.code != 503 {

@@ -3,8 +3,10 @@ package bridge
 import (
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -104,5 +106,60 @@ func TestGatewayItemUnknownFieldsAccepted(t *testing.T) {
 		"# TYPE devstatus_heartbeat_unknown_fields_total counter\ndevstatus_heartbeat_unknown_fields_total 2\n"
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "devstatus_heartbeat_unknown_fields_total"); err != nil {
 		t.Error(err)
+	}
+}
+
+// checkRetryAfterBody asserts that a 429 or 503 carries retry_after_s in its
+// body, the same whole seconds as its Retry-After header.
+func checkRetryAfterBody(t *testing.T, r result) {
+	t.Helper()
+	var body struct {
+		RetryAfterS *int `json:"retry_after_s"`
+	}
+	decode(t, r.body, &body)
+	h, err := strconv.Atoi(r.hdr.Get("Retry-After"))
+	if err != nil || body.RetryAfterS == nil || *body.RetryAfterS != h || h < 1 {
+		t.Errorf("%d: Retry-After %q, body %s: want retry_after_s equal to the header", r.code, r.hdr.Get("Retry-After"), r.body)
+	}
+}
+
+// TestHeartbeatIntervalPerGroup: heartbeat_interval_s is the device's
+// group's interval when it has one, else the global one; for the single
+// endpoint and gateway items alike.
+func TestHeartbeatIntervalPerGroup(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.GroupHeartbeatIntervals = map[string]time.Duration{"lobby": 12 * time.Second, "g": 15 * time.Second}
+	})
+	lobby := e.register("in-lobby", "lobby")
+	plain := e.register("no-group", "")
+	other := e.register("other-group", "warehouse")
+	interval := func(r result) float64 {
+		t.Helper()
+		if r.code != http.StatusOK {
+			t.Fatalf("%d %s", r.code, r.body)
+		}
+		v, _ := r.obj(t)["heartbeat_interval_s"].(float64)
+		return v
+	}
+	if got := interval(e.heartbeat("in-lobby", lobby, `{}`)); got != 12 {
+		t.Errorf("lobby: %v, want 12", got)
+	}
+	if got := interval(e.heartbeat("no-group", plain, `{}`)); got != 30 {
+		t.Errorf("no group: %v, want 30 (the default)", got)
+	}
+	if got := interval(e.heartbeat("other-group", other, `{}`)); got != 30 {
+		t.Errorf("group without an interval: %v, want 30", got)
+	}
+	gw := e.registerGateway("gw-iv")
+	e.registerBehind("behind", "gw-iv") // group "g"
+	r := e.batch("gw-iv", gw, `{"heartbeats":[{"device":"behind"}]}`)
+	var a gwAnswer
+	decode(t, r.body, &a)
+	if len(a.Results) != 1 || a.Results[0].HTTPStatus != 200 || a.Results[0].HeartbeatIntervalS != 15 {
+		t.Errorf("gateway item: %s", r.body)
+	}
+	if _, err := New(Config{GroupHeartbeatIntervals: map[string]time.Duration{"x": time.Millisecond}}); err == nil ||
+		!strings.Contains(err.Error(), "GroupHeartbeatIntervals") {
+		t.Errorf("an interval under 1s: %v", err)
 	}
 }

@@ -206,6 +206,9 @@ func (b *Bridge) gatewayBatch(ctx context.Context, gw string, n int, item func(i
 		out.Results[i].Device = id
 		if status != 0 {
 			refuse(i, status, code, msg)
+			if status == http.StatusServiceUnavailable {
+				out.Results[i].RetryAfterS = retrySeconds(errUnavailableRetry)
+			}
 			continue
 		}
 		a, wait, ok := b.admitHeartbeat(id, &hb.body, hb.ent, now, gw)

@@ -30,7 +30,10 @@ type heartbeatResponse struct {
 	Status               string `json:"status"`
 	RemoteControlEnabled bool   `json:"remote_control_enabled"`
 	ShouldReconnect      bool   `json:"should_reconnect"`
-	HeartbeatIntervalS   int    `json:"heartbeat_interval_s"`
+	// HeartbeatIntervalS is the period, in whole seconds, at which the
+	// device should send its next heartbeats: its group's interval
+	// (Config.GroupHeartbeatIntervals), else Config.HeartbeatInterval.
+	HeartbeatIntervalS int `json:"heartbeat_interval_s"`
 }
 
 // handleHeartbeat serves POST /v1/devices/{id}/heartbeat.
@@ -162,10 +165,19 @@ func (b *Bridge) settleHeartbeat(ctx context.Context, a *admitted, ack *jetstrea
 	}
 
 	resp := heartbeatResponse{RemoteControlEnabled: a.ent.RemoteControlEnabled,
-		HeartbeatIntervalS: int(b.cfg.HeartbeatInterval / time.Second)}
+		HeartbeatIntervalS: int(b.heartbeatInterval(a.ent.Group) / time.Second)}
 	resp.Status = string(a.status)
 	resp.ShouldReconnect = b.settleRecord(ctx, a)
 	return hbOutcome{status: http.StatusOK, resp: resp}
+}
+
+// heartbeatInterval is the interval told to the devices of group: its
+// GroupHeartbeatIntervals entry, else HeartbeatInterval.
+func (b *Bridge) heartbeatInterval(group string) time.Duration {
+	if d, ok := b.cfg.GroupHeartbeatIntervals[group]; ok {
+		return d
+	}
+	return b.cfg.HeartbeatInterval
 }
 
 // authFailure answers a failed device authentication

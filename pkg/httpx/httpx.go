@@ -36,6 +36,9 @@ const (
 // ErrorBody is the JSON shape of every error answer.
 type ErrorBody struct {
 	Error ErrorDetail `json:"error"`
+	// RetryAfterS is the Retry-After header's value, in whole seconds, on
+	// the answers written by [WriteRetryAfter] (429, 503); absent otherwise.
+	RetryAfterS int `json:"retry_after_s,omitempty"`
 }
 
 // ErrorDetail is the inner object of [ErrorBody].
@@ -63,14 +66,17 @@ func WriteError(w http.ResponseWriter, status int, code, message string) {
 }
 
 // WriteRetryAfter writes an error with a Retry-After header in whole seconds
-// (rounded up, at least 1).
+// (rounded up, at least 1), the same number in the body's retry_after_s
+// (for clients that read the body but not the headers):
+//
+//	{"error": {"code", "message"}, "retry_after_s": 7}
 func WriteRetryAfter(w http.ResponseWriter, status int, code, message string, after time.Duration) {
 	secs := int((after + time.Second - 1) / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
-	WriteError(w, status, code, message)
+	WriteJSON(w, status, ErrorBody{Error: ErrorDetail{Code: code, Message: message}, RetryAfterS: secs})
 }
 
 // BearerToken returns the token of an "Authorization: Bearer <token>" header,

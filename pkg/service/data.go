@@ -101,7 +101,8 @@ func (s *Service) startDataRoles(ctx, runCtx context.Context, mux *httpx.Recordi
 		}
 		b, err := bridge.New(bridge.Config{Bus: s.Bus, Registry: reg, Clock: cfg.Clock, Logger: s.log, Registerer: s.reg,
 			AdminToken: cfg.AdminToken, Auth: s.Tokens, PingToken: cfg.PingToken, HeartbeatInterval: cfg.HeartbeatInterval,
-			RateMinInterval: cfg.RateMinInterval, RatePerMinute: cfg.RatePerMinute, ProbePolicy: cfg.Pinger.Policy})
+			GroupHeartbeatIntervals: cfg.GroupHeartbeatIntervals,
+			RateMinInterval:         cfg.RateMinInterval, RatePerMinute: cfg.RatePerMinute, ProbePolicy: cfg.Pinger.Policy})
 		if err != nil {
 			return err
 		}

@@ -86,6 +86,9 @@ type Config struct {
 	Tick time.Duration
 	// HeartbeatInterval told to devices. Default 30s.
 	HeartbeatInterval time.Duration
+	// GroupHeartbeatIntervals: the interval told to the devices of a group,
+	// overriding HeartbeatInterval (bridge.Config.GroupHeartbeatIntervals).
+	GroupHeartbeatIntervals map[string]time.Duration
 	// RateMinInterval / RatePerMinute per device; 0 turns each off.
 	RateMinInterval time.Duration
 	RatePerMinute   int
