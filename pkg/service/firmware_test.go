@@ -15,7 +15,8 @@ import (
 )
 
 // TestFirmwareExamples runs the copyable device examples of docs/firmware
-// (the shell/curl and the Python one) against a real service: each sends a
+// (shell/curl, Python, and C with libcurl when a C compiler and the libcurl
+// headers are installed) against a real service: each sends a
 // bounded number of heartbeats and exits 0, and the device is connected.
 // A second run at once is refused 429 by the rate limit; the example waits
 // for Retry-After and succeeds.
@@ -39,19 +40,25 @@ func TestFirmwareExamples(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	cBin := filepath.Join(t.TempDir(), "heartbeat")
 	for _, ex := range []struct {
 		name  string
 		tools []string
+		build func(t *testing.T)
 		cmd   []string
 	}{
-		{"shell", []string{"bash", "curl"}, []string{"bash", filepath.Join(dir, "heartbeat.sh")}},
-		{"python", []string{"python3"}, []string{"python3", filepath.Join(dir, "heartbeat.py")}},
+		{"shell", []string{"bash", "curl"}, nil, []string{"bash", filepath.Join(dir, "heartbeat.sh")}},
+		{"python", []string{"python3"}, nil, []string{"python3", filepath.Join(dir, "heartbeat.py")}},
+		{"c", []string{"cc"}, func(t *testing.T) { buildC(t, filepath.Join(dir, "heartbeat.c"), cBin) }, []string{cBin}},
 	} {
 		t.Run(ex.name, func(t *testing.T) {
 			for _, tool := range ex.tools {
 				if _, err := exec.LookPath(tool); err != nil {
 					t.Skipf("%s not installed: the %s example cannot run", tool, ex.name)
 				}
+			}
+			if ex.build != nil {
+				ex.build(t)
 			}
 			id := "fw-" + ex.name
 			var reg struct{ Token string }
@@ -121,5 +128,22 @@ func waitDevice(t *testing.T, base, id, want string) {
 			t.Fatalf("%s: status %v, want %s", id, dev["status"], want)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// buildC compiles the C example with warnings as errors; it skips when the
+// libcurl development headers are not installed (apt-get install
+// libcurl4-openssl-dev).
+func buildC(t *testing.T, src, bin string) {
+	t.Helper()
+	probe := filepath.Join(t.TempDir(), "probe.c")
+	if err := os.WriteFile(probe, []byte("#include <curl/curl.h>\nint main(void) { return curl_version() == 0; }\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cc", "-o", probe+".out", probe, "-lcurl").CombinedOutput(); err != nil {
+		t.Skipf("libcurl headers or library not installed: the C example cannot be built (%v: %s)", err, out)
+	}
+	if out, err := exec.Command("cc", "-Wall", "-Wextra", "-Werror", "-o", bin, src, "-lcurl").CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", src, err, out)
 	}
 }
