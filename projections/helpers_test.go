@@ -215,23 +215,11 @@ func startProjector(t testing.TB, cfg Config) (*Projector, func()) {
 	return p, stop
 }
 
-// eventually polls cond every 10ms until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitCheckpoint waits until projection's stored checkpoint is at least seq.
 func waitCheckpoint(t testing.TB, db *sqlx.DB, projection string, seq uint64) {
 	t.Helper()
 	st := NewStore(db)
-	eventually(t, 10*time.Second, fmt.Sprintf("%s checkpoint reaches %d", projection, seq), func() bool {
+	testenv.Eventually(t, 10*time.Second, fmt.Sprintf("%s checkpoint reaches %d", projection, seq), func() bool {
 		cp, err := st.Checkpoint(context.Background(), projection)
 		return err == nil && cp >= seq
 	})

@@ -13,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/testenv"
 )
 
 const weirdID = "G1/site 1/Gerät:東京.*>"
@@ -56,7 +57,7 @@ func TestProjectorEndToEnd(t *testing.T) {
 	p, stop := startProjector(t, Config{DB: db, JetStream: js, Registerer: reg})
 	waitCheckpoint(t, db, ProjectionLiveness, lastIn)
 	waitCheckpoint(t, db, ProjectionTransitions, lastTr)
-	eventually(t, 5*time.Second, "ready", func() bool { return p.Ready(ctx) == nil })
+	testenv.Eventually(t, 5*time.Second, "ready", func() bool { return p.Ready(ctx) == nil })
 
 	st := NewStore(db)
 	a, err := st.Device(ctx, "A")
@@ -130,7 +131,7 @@ func TestProjectorEndToEnd(t *testing.T) {
 
 	// Restart: nothing new, nothing duplicated.
 	p2, stop2 := startProjector(t, Config{DB: db, JetStream: js})
-	eventually(t, 5*time.Second, "ready after restart", func() bool { return p2.Ready(ctx) == nil })
+	testenv.Eventually(t, 5*time.Second, "ready after restart", func() bool { return p2.Ready(ctx) == nil })
 	if after := dump(t, db); !reflect.DeepEqual(before, after) {
 		t.Errorf("restart changed the projection:\nbefore %v\nafter  %v", before, after)
 	}
@@ -153,7 +154,7 @@ func TestProjectorEndToEnd(t *testing.T) {
 	last := publishInput(t, js, heartbeat("A", 95, ""))
 	_, stop4 := startProjector(t, Config{DB: db, JetStream: js})
 	waitCheckpoint(t, db, ProjectionLiveness, last)
-	eventually(t, 5*time.Second, "A offline at 90", func() bool {
+	testenv.Eventually(t, 5*time.Second, "A offline at 90", func() bool {
 		d, err := st.Device(ctx, "A")
 		return err == nil && d.Status == events.StatusTemporarilyOffline && d.ReasonCode == "ping_failed" && d.LastHeartbeatAt.Equal(at(95))
 	})
@@ -187,7 +188,7 @@ func TestScenario9PoisonTransition(t *testing.T) {
 	start := time.Now()
 	p, _ := startProjector(t, Config{DB: db, JetStream: js})
 	st := NewStore(db)
-	eventually(t, time.Second, "the next device is projected within 1s", func() bool {
+	testenv.Eventually(t, time.Second, "the next device is projected within 1s", func() bool {
 		d, err := st.Device(ctx, q)
 		return err == nil && d.Status == events.StatusConnected
 	})

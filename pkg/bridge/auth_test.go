@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devstatus/devstatus/internal/testenv"
 	"github.com/devstatus/devstatus/pkg/httpx"
 )
 
@@ -201,7 +202,7 @@ func TestRekeyInvalidatesOnlyThatDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "watch of instance 2", func() bool { return e2.reg.CacheStats().WatchedRevision >= dev.Revision })
+	testenv.Eventually(t, 20*time.Second, "watch of instance 2", func() bool { return e2.reg.CacheStats().WatchedRevision >= dev.Revision })
 	if r := e2.heartbeat("A", tokA, ""); r.code != 401 {
 		t.Errorf("old token on instance 2: %d", r.code)
 	}

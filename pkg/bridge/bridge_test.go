@@ -180,7 +180,7 @@ func TestHeartbeatAcceptedAndStored(t *testing.T) {
 	if len(hbs) != 1 {
 		t.Fatalf("%d heartbeats stored", len(hbs))
 	}
-	in := hbs[0].in
+	in := hbs[0].In
 	if !in.At.Equal(t0.Add(time.Second)) {
 		t.Errorf("At = %s, want the bridge's receive time %s", in.At, t0.Add(time.Second))
 	}
@@ -199,7 +199,7 @@ func TestHeartbeatAcceptedAndStored(t *testing.T) {
 		t.Fatalf("empty heartbeat: %d %s", r.code, r.body)
 	}
 	hbs = heartbeatsOf(e.inputEvents(), "kiosk-1")
-	if len(hbs) != 2 || hbs[1].in.Heartbeat.Metrics != nil || hbs[1].in.ID == hbs[0].in.ID {
+	if len(hbs) != 2 || hbs[1].In.Heartbeat.Metrics != nil || hbs[1].In.ID == hbs[0].In.ID {
 		t.Errorf("second heartbeat %+v", hbs)
 	}
 }
@@ -234,12 +234,12 @@ func TestOddDeviceIDs(t *testing.T) {
 			continue
 		}
 		var m map[string]string
-		_ = json.Unmarshal(hbs[0].in.Heartbeat.Metrics, &m)
-		if m["id"] != id || hbs[0].subject != events.DeviceSubject(id, e.bus.Partitions()) {
-			t.Errorf("%q stored as %s on %s", id, hbs[0].in.Heartbeat.Metrics, hbs[0].subject)
+		_ = json.Unmarshal(hbs[0].In.Heartbeat.Metrics, &m)
+		if m["id"] != id || hbs[0].Subject != events.DeviceSubject(id, e.bus.Partitions()) {
+			t.Errorf("%q stored as %s on %s", id, hbs[0].In.Heartbeat.Metrics, hbs[0].Subject)
 		}
-		if strings.ContainsAny(strings.TrimPrefix(hbs[0].subject, "devstatus.in."), "*> ") {
-			t.Errorf("subject %q carries a raw id", hbs[0].subject)
+		if strings.ContainsAny(strings.TrimPrefix(hbs[0].Subject, "devstatus.in."), "*> ") {
+			t.Errorf("subject %q carries a raw id", hbs[0].Subject)
 		}
 	}
 }
@@ -368,8 +368,8 @@ func TestClockStepBack(t *testing.T) {
 		t.Fatalf("%d heartbeats", len(hbs))
 	}
 	for i, w := range want {
-		if !hbs[i].in.At.Equal(w) {
-			t.Errorf("heartbeat %d: At = %s, want the bridge clock's %s", i, hbs[i].in.At, w)
+		if !hbs[i].In.At.Equal(w) {
+			t.Errorf("heartbeat %d: At = %s, want the bridge clock's %s", i, hbs[i].In.At, w)
 		}
 	}
 }
@@ -428,7 +428,7 @@ func TestStatusAndShouldReconnect(t *testing.T) {
 	evs := e.inputEvents()
 	var delivered int
 	for _, ev := range evs {
-		if ev.in.Type == events.TypeReconnectDelivered {
+		if ev.In.Type == events.TypeReconnectDelivered {
 			delivered++
 		}
 	}
@@ -480,8 +480,8 @@ func TestPing(t *testing.T) {
 	}
 	var pings []*events.Input
 	for _, ev := range evs {
-		if ev.in.Type == events.TypePingResult {
-			pings = append(pings, ev.in)
+		if ev.In.Type == events.TypePingResult {
+			pings = append(pings, ev.In)
 		}
 	}
 	now := t0.Add(time.Minute)
@@ -574,9 +574,9 @@ func TestAdmin(t *testing.T) {
 	}
 	types := map[events.Type]int{}
 	for _, ev := range e.inputEvents() {
-		types[ev.in.Type]++
-		if ev.in.Device != id {
-			t.Errorf("event for %q", ev.in.Device)
+		types[ev.In.Type]++
+		if ev.In.Device != id {
+			t.Errorf("event for %q", ev.In.Device)
 		}
 	}
 	want := map[events.Type]int{events.TypeDeviceRegistered: 2, events.TypeRemoteControlChanged: 1,
@@ -629,7 +629,7 @@ func TestBusDownAndBack(t *testing.T) {
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	srvMu.Unlock()
-	waitFor(t, "not ready", func() bool { return e.br.Ready(context.Background()) != nil })
+	testenv.Eventually(t, 20*time.Second, "not ready", func() bool { return e.br.Ready(context.Background()) != nil })
 	for i, at := range []time.Duration{30 * time.Second, 41 * time.Second} {
 		r := beat(1+i, at)
 		if r.code != 503 || r.hdr.Get("Retry-After") == "" || r.errCode(t) != httpx.CodeUnavailable {
@@ -661,7 +661,7 @@ func TestBusDownAndBack(t *testing.T) {
 	stored := map[int]bool{}
 	for _, ev := range heartbeatsOf(e.inputEvents(), "A") {
 		var m struct{ N int }
-		_ = json.Unmarshal(ev.in.Heartbeat.Metrics, &m)
+		_ = json.Unmarshal(ev.In.Heartbeat.Metrics, &m)
 		stored[m.N] = true
 	}
 	for n := range accepted {
@@ -684,7 +684,7 @@ func TestBusDownAndBack(t *testing.T) {
 	if _, err := other.SetRemoteControl(context.Background(), "A", true); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "remote control seen through the watch", func() bool {
+	testenv.Eventually(t, 20*time.Second, "remote control seen through the watch", func() bool {
 		ent, err := e.reg.Lookup(context.Background(), "A")
 		return err == nil && ent.RemoteControlEnabled
 	})

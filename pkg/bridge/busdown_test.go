@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/devstatus/devstatus/internal/testenv"
 	"github.com/devstatus/devstatus/pkg/bus"
@@ -92,15 +93,15 @@ func TestBusStopMidRun(t *testing.T) {
 			}
 		}(d)
 	}
-	waitFor(t, "load running", func() bool { return accepted[up].Load() >= 200 })
+	testenv.Eventually(t, 20*time.Second, "load running", func() bool { return accepted[up].Load() >= 200 })
 
 	srvMu.Lock()
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	srvMu.Unlock()
-	waitFor(t, "/readyz fails", func() bool { return readyz() == 503 })
+	testenv.Eventually(t, 20*time.Second, "/readyz fails", func() bool { return readyz() == 503 })
 	phase.Store(down)
-	waitFor(t, "requests refused while down", func() bool {
+	testenv.Eventually(t, 20*time.Second, "requests refused while down", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		n := 0
@@ -122,18 +123,18 @@ func TestBusStopMidRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "/readyz after the restart", func() bool { return readyz() == 200 })
-	waitFor(t, "ingest resumed", func() bool { return accepted[restarting].Load() >= 200 })
+	testenv.Eventually(t, 20*time.Second, "/readyz after the restart", func() bool { return readyz() == 200 })
+	testenv.Eventually(t, 20*time.Second, "ingest resumed", func() bool { return accepted[restarting].Load() >= 200 })
 	stop.Store(true)
 	wg.Wait()
 
 	stored := map[[2]int]bool{}
 	for _, ev := range e.inputEvents() {
-		if ev.in.Heartbeat == nil {
+		if ev.In.Heartbeat == nil {
 			continue
 		}
 		var m struct{ D, N int }
-		if err := json.Unmarshal(ev.in.Heartbeat.Metrics, &m); err != nil {
+		if err := json.Unmarshal(ev.In.Heartbeat.Metrics, &m); err != nil {
 			t.Fatal(err)
 		}
 		stored[[2]int{m.D, m.N}] = true

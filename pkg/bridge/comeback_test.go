@@ -76,19 +76,19 @@ func TestComebackWithTheRealWorker(t *testing.T) {
 				told = append(told, fmt.Sprintf("%s@%s", st, at))
 			}
 			if i == 0 {
-				waitFor(t, "connected again", statusIs(events.StatusConnected))
+				testenv.Eventually(t, 20*time.Second, "connected again", statusIs(events.StatusConnected))
 			}
 		}
 	}
 
 	beat(e1, 0)
-	waitFor(t, "connected", statusIs(events.StatusConnected))
+	testenv.Eventually(t, 20*time.Second, "connected", statusIs(events.StatusConnected))
 	tick(41 * time.Second)
-	waitFor(t, "temporarily_offline on both bridges", statusIs(events.StatusTemporarilyOffline))
+	testenv.Eventually(t, 20*time.Second, "temporarily_offline on both bridges", statusIs(events.StatusTemporarilyOffline))
 	sequence(50*time.Second, e1, e2)
 	tick(350 * time.Second) // silence since 80 s: 270 s > 40 s, then ≥ 300 s at 380
 	tick(390 * time.Second)
-	waitFor(t, "disconnected on both bridges", statusIs(events.StatusDisconnected))
+	testenv.Eventually(t, 20*time.Second, "disconnected on both bridges", statusIs(events.StatusDisconnected))
 	e1.clk.Set(t0.Add(390 * time.Second))
 	if r := e2.do("POST", devPath("d", "/reconnect"), adminToken, "", nil); r.code != 202 {
 		t.Fatal(r.code)

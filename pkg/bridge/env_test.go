@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/internal/testenv"
@@ -89,18 +86,7 @@ func newEnvOnBus(t testing.TB, b *bus.Bus, opts ...envOpt) *env {
 
 func (e *env) waitReady() {
 	e.t.Helper()
-	waitFor(e.t, "bridge ready", func() bool { return e.br.Ready(context.Background()) == nil })
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(e.t, 20*time.Second, "bridge ready", func() bool { return e.br.Ready(context.Background()) == nil })
 }
 
 type result struct {
@@ -178,62 +164,20 @@ func (e *env) register(id, group string) string {
 	return m["token"].(string)
 }
 
-type storedEvent struct {
-	subject string
-	seq     uint64
-	in      *events.Input
-}
+// storedEvent is one event of the input stream with its subject and sequence.
+type storedEvent = testenv.StoredInput
 
 // inputEvents returns every event on the input stream, in order, checking
 // that each device event is on its device's subject.
 func (e *env) inputEvents() []storedEvent {
 	e.t.Helper()
-	return streamEvents(e.t, e.bus)
-}
-
-func streamEvents(t testing.TB, b *bus.Bus) []storedEvent {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := b.JS.Stream(ctx, events.InputStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []storedEvent
-	if info.State.Msgs == 0 {
-		return nil
-	}
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		in, err := events.DecodeInput(m.Data)
-		if err != nil {
-			t.Fatalf("seq %d: %v", seq, err)
-		}
-		if want := events.DeviceSubject(in.Device, b.Partitions()); m.Subject != want {
-			t.Errorf("event %s of device %q on subject %q, want %q", in.ID, in.Device, m.Subject, want)
-		}
-		if _, dev, err := events.ParseInputSubject(m.Subject); err != nil || dev != in.Device {
-			t.Errorf("subject %q parses to %q (%v), event says %q", m.Subject, dev, err, in.Device)
-		}
-		out = append(out, storedEvent{subject: m.Subject, seq: seq, in: in})
-	}
-	return out
+	return testenv.InputEvents(e.t, e.bus)
 }
 
 func heartbeatsOf(evs []storedEvent, id string) []storedEvent {
 	var out []storedEvent
 	for _, e := range evs {
-		if e.in.Type == events.TypeHeartbeat && e.in.Device == id {
+		if e.In.Type == events.TypeHeartbeat && e.In.Device == id {
 			out = append(out, e)
 		}
 	}
@@ -254,7 +198,7 @@ func (e *env) publishTransition(id string, from, to events.Status) uint64 {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	waitFor(e.t, "status cache", func() bool {
+	testenv.Eventually(e.t, 20*time.Second, "status cache", func() bool {
 		e.br.status.mu.Lock()
 		defer e.br.status.mu.Unlock()
 		d := e.br.status.m[id]

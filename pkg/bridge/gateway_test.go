@@ -144,12 +144,12 @@ func TestGatewayBatch(t *testing.T) {
 	evs := e.inputEvents()
 	for _, id := range []string{"d0", "d1", "d2"} {
 		hbs := heartbeatsOf(evs, id)
-		if len(hbs) != 1 || hbs[0].in.Heartbeat.Via != gw || !hbs[0].in.At.Equal(t0) {
+		if len(hbs) != 1 || hbs[0].In.Heartbeat.Via != gw || !hbs[0].In.At.Equal(t0) {
 			t.Fatalf("%s: stored %+v", id, hbs)
 		}
 	}
-	if hbs := heartbeatsOf(evs, "d0"); string(hbs[0].in.Heartbeat.Metrics) != `{"battery":87,"app_version":"1.2"}` {
-		t.Errorf("metrics %s", hbs[0].in.Heartbeat.Metrics)
+	if hbs := heartbeatsOf(evs, "d0"); string(hbs[0].In.Heartbeat.Metrics) != `{"battery":87,"app_version":"1.2"}` {
+		t.Errorf("metrics %s", hbs[0].In.Heartbeat.Metrics)
 	}
 	for _, id := range []string{"foreign", "alone", "nobody"} {
 		if hbs := heartbeatsOf(evs, id); len(hbs) != 0 {
@@ -224,10 +224,10 @@ func TestGatewayFullBatch(t *testing.T) {
 	}
 	n := 0
 	for _, ev := range e.inputEvents() {
-		if ev.in.Type == events.TypeHeartbeat {
+		if ev.In.Type == events.TypeHeartbeat {
 			n++
-			if ev.in.Heartbeat.Via != "big" {
-				t.Fatalf("via %q", ev.in.Heartbeat.Via)
+			if ev.In.Heartbeat.Via != "big" {
+				t.Fatalf("via %q", ev.In.Heartbeat.Via)
 			}
 		}
 	}

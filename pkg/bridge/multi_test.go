@@ -138,11 +138,11 @@ func TestTwoBridgesPerMinute(t *testing.T) {
 	hbs := heartbeatsOf(e1.inputEvents(), "d")
 	for i := range hbs {
 		n := 0
-		for j := i; j < len(hbs) && hbs[j].in.At.Sub(hbs[i].in.At) < time.Minute; j++ {
+		for j := i; j < len(hbs) && hbs[j].In.At.Sub(hbs[i].In.At) < time.Minute; j++ {
 			n++
 		}
 		if n > DefaultRatePerMinute {
-			t.Errorf("%d heartbeats within a minute from %s", n, hbs[i].in.At)
+			t.Errorf("%d heartbeats within a minute from %s", n, hbs[i].In.At)
 		}
 	}
 }
@@ -191,13 +191,13 @@ func TestTwoBridgesReconnectOnce(t *testing.T) {
 	}
 
 	seq := e1.publishTransition("d", events.StatusConnected, events.StatusTemporarilyOffline)
-	waitFor(t, "instance 2 sees the transition", func() bool { st, _ := e2.br.status.forHeartbeat("d"); return st == events.StatusTemporarilyOffline })
+	testenv.Eventually(t, 20*time.Second, "instance 2 sees the transition", func() bool { st, _ := e2.br.status.forHeartbeat("d"); return st == events.StatusTemporarilyOffline })
 	if got := heartbeatAnswers(t, tok, 6, e2, e1); countTrue(got) != 1 || !got[0] {
 		t.Errorf("comeback: answers %v, want only the first true", got)
 	}
 	e1.publishTransition("d", events.StatusTemporarilyOffline, events.StatusConnected)
 	seq2 := e1.publishTransition("d", events.StatusConnected, events.StatusDisconnected)
-	waitFor(t, "instance 2 sees the transition", func() bool { st, _ := e2.br.status.forHeartbeat("d"); return st == events.StatusDisconnected })
+	testenv.Eventually(t, 20*time.Second, "instance 2 sees the transition", func() bool { st, _ := e2.br.status.forHeartbeat("d"); return st == events.StatusDisconnected })
 	if got := heartbeatAnswers(t, tok, 6, e1, e2); countTrue(got) != 1 || !got[0] {
 		t.Errorf("comeback from disconnected: answers %v, want only the first true", got)
 	}
@@ -312,7 +312,7 @@ func TestTwoBridgesReconnectConcurrent(t *testing.T) {
 	if r := e1.do("POST", devPath("d", "/reconnect"), adminToken, "", nil); r.code != 202 {
 		t.Fatal(r.code)
 	}
-	waitFor(t, "both caches see the request", func() bool {
+	testenv.Eventually(t, 20*time.Second, "both caches see the request", func() bool {
 		for _, x := range []*env{e1, e2} {
 			ent, err := x.reg.Lookup(context.Background(), "d")
 			if err != nil || !ent.PendingReconnect {
@@ -325,7 +325,7 @@ func TestTwoBridgesReconnectConcurrent(t *testing.T) {
 		t.Errorf("operator reconnect told %d times", n)
 	}
 	e1.publishTransition("d", events.StatusConnected, events.StatusTemporarilyOffline)
-	waitFor(t, "instance 2 sees the transition", func() bool { st, _ := e2.br.status.forHeartbeat("d"); return st == events.StatusTemporarilyOffline })
+	testenv.Eventually(t, 20*time.Second, "instance 2 sees the transition", func() bool { st, _ := e2.br.status.forHeartbeat("d"); return st == events.StatusTemporarilyOffline })
 	if n := burst(); n != 1 {
 		t.Errorf("comeback told %d times", n)
 	}
@@ -334,7 +334,7 @@ func TestTwoBridgesReconnectConcurrent(t *testing.T) {
 	}
 	delivered := 0
 	for _, ev := range e1.inputEvents() {
-		if ev.in.Type == events.TypeReconnectDelivered {
+		if ev.In.Type == events.TypeReconnectDelivered {
 			delivered++
 		}
 	}

@@ -250,8 +250,8 @@ func TestPingBatch(t *testing.T) {
 	}
 	var pings []*events.Input
 	for _, ev := range e.inputEvents() {
-		if ev.in.Type == events.TypePingResult {
-			pings = append(pings, ev.in)
+		if ev.In.Type == events.TypePingResult {
+			pings = append(pings, ev.In)
 		}
 	}
 	if len(pings) != 2 {

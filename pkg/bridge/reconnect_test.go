@@ -50,37 +50,6 @@ func (d *deliverer) History(ctx context.Context, id string, q historyQuery) (his
 	return readHistory(ctx, d.br.cfg.Bus, d.br.log, id, q)
 }
 
-// busInputEvents returns every event on the input stream, in order.
-func busInputEvents(t *testing.T, b *bus.Bus) []*events.Input {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := b.JS.Stream(ctx, events.InputStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*events.Input
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		in, err := events.DecodeInput(m.Data)
-		if err != nil {
-			t.Fatalf("seq %d: %v", seq, err)
-		}
-		out = append(out, in)
-	}
-	return out
-}
-
 func ofType(evs []*events.Input, typ events.Type) []*events.Input {
 	var out []*events.Input
 	for _, e := range evs {
@@ -142,7 +111,7 @@ func TestDeliverComebackOnce(t *testing.T) {
 		t.Errorf("entry %+v %v", dev, err)
 	}
 	var ids []string
-	for _, ev := range ofType(busInputEvents(t, b), events.TypeReconnectDelivered) {
+	for _, ev := range ofType(testenv.Inputs(t, b), events.TypeReconnectDelivered) {
 		ids = append(ids, ev.ID)
 		reason, _, seq, ok := parseDeliveryID(ev.ID)
 		if !ok || reason != reasonComeback || (seq != 7 && seq != 12) {
@@ -175,7 +144,7 @@ func TestDeliverOperatorAndComebackTogether(t *testing.T) {
 		t.Fatalf("second: %+v %v", d, err)
 	}
 	got := map[string]bool{}
-	for _, ev := range ofType(busInputEvents(t, b), events.TypeReconnectDelivered) {
+	for _, ev := range ofType(testenv.Inputs(t, b), events.TypeReconnectDelivered) {
 		got[ev.ID] = true
 	}
 	if len(got) != 2 || !got["rd-"+req] || !got["rd-tr-5"] {
@@ -240,7 +209,7 @@ func TestDeliverLogsLater(t *testing.T) {
 	if d, err := r.Deliver(ctx, "d", 0); err != nil || d.Reconnect {
 		t.Fatalf("retry: %+v %v (the device must not be told twice)", d, err)
 	}
-	del := ofType(busInputEvents(t, b), events.TypeReconnectDelivered)
+	del := ofType(testenv.Inputs(t, b), events.TypeReconnectDelivered)
 	if len(del) != 1 || del[0].ID != "rd-"+req || !del[0].At.Equal(told) {
 		t.Fatalf("delivered events %+v, want one at %s", del, told)
 	}
@@ -250,7 +219,7 @@ func TestDeliverLogsLater(t *testing.T) {
 	if d, err := r.Deliver(ctx, "d", 0); err != nil || d.Reconnect {
 		t.Errorf("nothing left: %+v %v", d, err)
 	}
-	if n := len(ofType(busInputEvents(t, b), events.TypeReconnectDelivered)); n != 1 {
+	if n := len(ofType(testenv.Inputs(t, b), events.TypeReconnectDelivered)); n != 1 {
 		t.Errorf("%d delivered events", n)
 	}
 }
@@ -310,7 +279,7 @@ func TestRemoteControlAndReconnect(t *testing.T) {
 	if wins.Load() != 1 {
 		t.Errorf("%d winners, want 1", wins.Load())
 	}
-	evs := busInputEvents(t, b)
+	evs := testenv.Inputs(t, b)
 	if n := len(ofType(evs, events.TypeRemoteControlChanged)); n != 1 {
 		t.Errorf("%d remote_control_changed, want 1", n)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/testenv"
 )
 
 // TestStatusFeedStallRecovered: the status cache's transitions consumer
@@ -51,11 +52,11 @@ func TestStatusFeedStallRecovered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "stall detected", func() bool { return e.br.status.stallCount() > stalls })
+	testenv.Eventually(t, 20*time.Second, "stall detected", func() bool { return e.br.status.stallCount() > stalls })
 	if !<-notReady {
 		t.Error("the bridge stayed ready with a stalled feed")
 	}
-	waitFor(t, "the missed transition", func() bool { return e.br.status.appliedSeq() >= ack.Sequence })
+	testenv.Eventually(t, 20*time.Second, "the missed transition", func() bool { return e.br.status.appliedSeq() >= ack.Sequence })
 	e.waitReady()
 	e.clk.Advance(10 * time.Second)
 	if r := e.heartbeat("d", tok, ""); r.code != 200 || r.obj(t)["status"] != "temporarily_offline" || r.obj(t)["should_reconnect"] != true {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/testenv"
 	"github.com/devstatus/devstatus/pkg/registry"
 )
 
@@ -104,7 +105,7 @@ func TestHeartbeatEntersTheRegistryAtMostTwice(t *testing.T) {
 	if r := e.do("POST", devPath("d", "/reconnect"), adminToken, "", nil); r.code != 202 {
 		t.Fatalf("reconnect: %d %s", r.code, r.body)
 	}
-	waitFor(t, "pending reconnect in the cache", func() bool {
+	testenv.Eventually(t, 20*time.Second, "pending reconnect in the cache", func() bool {
 		ent, err := e.reg.Lookup(context.Background(), "d")
 		return err == nil && ent.PendingReconnect
 	})

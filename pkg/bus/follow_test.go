@@ -160,17 +160,6 @@ func (r *recorder) check(t *testing.T, n int) {
 	}
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func runFollower(t *testing.T, cfg bus.FollowConfig) *bus.Follower {
 	t.Helper()
 	if cfg.Logger == nil {
@@ -221,7 +210,7 @@ func TestFollowerAcrossServerRestarts(t *testing.T) {
 					srv.restart()
 				}
 			}
-			waitFor(t, "every message handled", 60*time.Second, func() bool { return rec.count() >= n })
+			testenv.Eventually(t, 60*time.Second, "every message handled", func() bool { return rec.count() >= n })
 			rec.check(t, n)
 			if f.Restarts() == 0 && watchConn {
 				t.Errorf("Restarts = 0 after two server restarts with the connection watched")
@@ -247,7 +236,7 @@ func TestFollowerStallWatchdog(t *testing.T) {
 	for i := 1; i <= 10; i++ {
 		publish(t, js, "follow.a", i)
 	}
-	waitFor(t, "the first messages", 10*time.Second, func() bool { return rec.count() == 10 })
+	testenv.Eventually(t, 10*time.Second, "the first messages", func() bool { return rec.count() == 10 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -264,7 +253,7 @@ func TestFollowerStallWatchdog(t *testing.T) {
 	for i := 11; i <= 20; i++ {
 		publish(t, js, "follow.a", i)
 	}
-	waitFor(t, "the watchdog to replace the paused consumer", 20*time.Second, func() bool { return rec.count() == 20 })
+	testenv.Eventually(t, 20*time.Second, "the watchdog to replace the paused consumer", func() bool { return rec.count() == 20 })
 	rec.check(t, 20)
 	if f.Stalls() == 0 {
 		t.Fatalf("Stalls = 0: the messages after the pause came some other way")
@@ -284,7 +273,7 @@ func TestFollowerConsumerDeleted(t *testing.T) {
 	for i := 1; i <= 10; i++ {
 		publish(t, js, "follow.a", i)
 	}
-	waitFor(t, "the first messages", 10*time.Second, func() bool { return rec.count() == 10 })
+	testenv.Eventually(t, 10*time.Second, "the first messages", func() bool { return rec.count() == 10 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for name := range st.ListConsumers(ctx).Info() {
@@ -295,7 +284,7 @@ func TestFollowerConsumerDeleted(t *testing.T) {
 	for i := 11; i <= 20; i++ {
 		publish(t, js, "follow.a", i)
 	}
-	waitFor(t, "the messages after the deletion", 20*time.Second, func() bool { return rec.count() == 20 })
+	testenv.Eventually(t, 20*time.Second, "the messages after the deletion", func() bool { return rec.count() == 20 })
 	rec.check(t, 20)
 }
 
@@ -319,7 +308,7 @@ func TestFollowerHandlerErrorRedelivers(t *testing.T) {
 	for i := 1; i <= 10; i++ {
 		publish(t, js, "follow.a", i)
 	}
-	waitFor(t, "every message", 10*time.Second, func() bool { return rec.count() == 10 })
+	testenv.Eventually(t, 10*time.Second, "every message", func() bool { return rec.count() == 10 })
 	rec.check(t, 10)
 	if f.Restarts() != 1 {
 		t.Fatalf("Restarts = %d, want 1", f.Restarts())

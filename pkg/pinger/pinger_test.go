@@ -83,57 +83,17 @@ func start(t *testing.T, cfg Config) (*Pinger, *prometheus.Registry) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = p.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "pinger ready", func() bool { return p.Ready(context.Background()) == nil })
+	testenv.Eventually(t, 30*time.Second, "pinger ready", func() bool { return p.Ready(context.Background()) == nil })
 	return p, reg
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // pingResults reads every ping_result event on the input stream, by device.
 func pingResults(t *testing.T, b *bus.Bus) map[string][]*events.Input {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	st, err := b.JS.Stream(ctx, events.InputStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string][]*events.Input{}
-	if info.State.Msgs == 0 {
-		return out
-	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for seq := info.State.FirstSeq - 1; seq < info.State.LastSeq; {
-		batch, err := cons.Fetch(int(min(info.State.LastSeq-seq, 1000)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for msg := range batch.Messages() {
-			meta, _ := msg.Metadata()
-			seq = meta.Sequence.Stream
-			in, err := events.DecodeInput(msg.Data())
-			if err != nil {
-				t.Fatalf("seq %d: %v", seq, err)
-			}
-			if in.Type == events.TypePingResult {
-				out[in.Device] = append(out[in.Device], in)
-			}
+	for _, in := range testenv.Inputs(t, b) {
+		if in.Type == events.TypePingResult {
+			out[in.Device] = append(out[in.Device], in)
 		}
 	}
 	return out
@@ -142,17 +102,7 @@ func pingResults(t *testing.T, b *bus.Bus) map[string][]*events.Input {
 // queueEmpty reports whether every probe request was acknowledged.
 func queueEmpty(t *testing.T, b *bus.Bus) bool {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := b.JS.Stream(ctx, events.ProbeStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs == 0
+	return testenv.StreamState(t, b, events.ProbeStream).Msgs == 0
 }
 
 // metric returns the value of a counter or gauge with the given labels.
@@ -226,7 +176,7 @@ func TestPingerPublishesResults(t *testing.T) {
 	_, reg := start(t, Config{Bus: e.bus, Registry: e.reg, Policy: loopback, Timeout: 300 * time.Millisecond,
 		Concurrency: 4, QueueInterval: 20 * time.Millisecond, InstanceID: "p1"})
 	var res map[string][]*events.Input
-	waitFor(t, "four results and an empty queue", func() bool {
+	testenv.Eventually(t, 30*time.Second, "four results and an empty queue", func() bool {
 		res = pingResults(t, e.bus)
 		return len(res) == 4 && queueEmpty(t, e.bus)
 	})
@@ -263,7 +213,7 @@ func TestPingerPublishesResults(t *testing.T) {
 	if n := metric(t, reg, "devstatus_pinger_probe_duration_seconds", "ok", "false"); n != 3 {
 		t.Errorf("latency histogram has %v failed samples", n)
 	}
-	waitFor(t, "queue gauges at zero", func() bool {
+	testenv.Eventually(t, 30*time.Second, "queue gauges at zero", func() bool {
 		return metric(t, reg, "devstatus_pinger_queue_pending") == 0 && metric(t, reg, "devstatus_pinger_queue_ack_pending") == 0
 	})
 	if ok.hits.Load() != 1 {
@@ -293,12 +243,12 @@ func TestPingerQueueDepth(t *testing.T) {
 		Concurrency: 1, QueueInterval: 20 * time.Millisecond})
 	// One probe runs; the others wait in the queue or (at most one more,
 	// Concurrency) in the instance's buffer.
-	waitFor(t, "1 in flight, 4 waiting", func() bool {
+	testenv.Eventually(t, 30*time.Second, "1 in flight, 4 waiting", func() bool {
 		pending, acked := metric(t, reg, "devstatus_pinger_queue_pending"), metric(t, reg, "devstatus_pinger_queue_ack_pending")
 		return metric(t, reg, "devstatus_pinger_probes_in_flight") == 1 && pending+acked == 5 && pending >= 3
 	})
 	once.Do(func() { close(release) })
-	waitFor(t, "queue drained", func() bool { return queueEmpty(t, e.bus) })
+	testenv.Eventually(t, 30*time.Second, "queue drained", func() bool { return queueEmpty(t, e.bus) })
 	if n := blocked.hits.Load(); n != 5 {
 		t.Fatalf("%d probes", n)
 	}
@@ -313,7 +263,7 @@ func TestPingerAppliesPolicyAtProbeTime(t *testing.T) {
 	e.register("dev/loop", srv.URL) // accepted when loopback was allowed
 	e.request("dev/loop", 1)
 	_, reg := start(t, Config{Bus: e.bus, Registry: e.reg, Timeout: time.Second}) // default policy
-	waitFor(t, "request consumed", func() bool { return queueEmpty(t, e.bus) })
+	testenv.Eventually(t, 30*time.Second, "request consumed", func() bool { return queueEmpty(t, e.bus) })
 	if n := metric(t, reg, "devstatus_pinger_requests_skipped_total", "reason", "forbidden"); n != 1 {
 		t.Fatalf("skipped{forbidden} = %v", n)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/devstatus/devstatus/internal/testenv"
 	"github.com/devstatus/devstatus/pkg/bus"
@@ -100,7 +101,7 @@ func TestRekey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "r2's watch past the re-key", func() bool { return r2.CacheStats().WatchedRevision >= dev.Revision })
+	testenv.Eventually(t, 10*time.Second, "r2's watch past the re-key", func() bool { return r2.CacheStats().WatchedRevision >= dev.Revision })
 	if _, err := r2.Authenticate(ctx, "A", tokA); !errors.Is(err, registry.ErrBadToken) {
 		t.Errorf("old token on the other instance: %v", err)
 	}

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/devstatus/devstatus/events"
 	"github.com/devstatus/devstatus/internal/testenv"
 	"github.com/devstatus/devstatus/pkg/bus"
@@ -29,54 +27,9 @@ func newRegistry(t *testing.T, b *bus.Bus, run bool) *registry.Registry {
 		done := make(chan struct{})
 		go func() { defer close(done); _ = r.Run(ctx) }()
 		t.Cleanup(func() { cancel(); <-done })
-		waitFor(t, "watch established", r.Watching)
+		testenv.Eventually(t, 10*time.Second, "watch established", r.Watching)
 	}
 	return r
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// inputEvents returns every event on the input stream, in order.
-func inputEvents(t *testing.T, b *bus.Bus) []*events.Input {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := b.JS.Stream(ctx, events.InputStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*events.Input
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		in, err := events.DecodeInput(m.Data)
-		if err != nil {
-			t.Fatalf("seq %d: %v", seq, err)
-		}
-		if m.Subject != events.DeviceSubject(in.Device, b.Partitions()) {
-			t.Errorf("event %s of %q on subject %q", in.ID, in.Device, m.Subject)
-		}
-		out = append(out, in)
-	}
-	return out
 }
 
 func ofType(evs []*events.Input, typ events.Type) []*events.Input {
@@ -121,7 +74,7 @@ func TestRegisterGetAndEvents(t *testing.T) {
 	if _, err := r.Register(ctx, "kiosk-1", "", ""); !errors.Is(err, registry.ErrExists) {
 		t.Errorf("second register: %v", err)
 	}
-	regs := ofType(inputEvents(t, b), events.TypeDeviceRegistered)
+	regs := ofType(testenv.Inputs(t, b), events.TypeDeviceRegistered)
 	if len(regs) != 5 || regs[0].Registered.Group != "lobby" || regs[0].Actor != registry.Actor {
 		t.Errorf("registered events: %d %+v", len(regs), regs)
 	}
@@ -154,7 +107,7 @@ func TestRegisterRefusesBadInput(t *testing.T) {
 	if _, err := r.Get(ctx, "nope"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Get unknown: %v", err)
 	}
-	if got := len(ofType(inputEvents(t, b), events.TypeDeviceRegistered)); got != 1 {
+	if got := len(ofType(testenv.Inputs(t, b), events.TypeDeviceRegistered)); got != 1 {
 		t.Errorf("%d registered events, want 1 (only x)", got)
 	}
 }
@@ -197,7 +150,7 @@ func TestDecommissionAndReRegister(t *testing.T) {
 	if err != nil || e.Group != "g2" || e.Decommissioned {
 		t.Errorf("new token: %+v %v", e, err)
 	}
-	evs := inputEvents(t, b)
+	evs := testenv.Inputs(t, b)
 	if n := len(ofType(evs, events.TypeDeviceDecommissioned)); n != 1 {
 		t.Errorf("%d decommissioned events, want 1 (the repeat is deduplicated)", n)
 	}
@@ -236,7 +189,7 @@ func TestCacheInvalidatedAcrossInstances(t *testing.T) {
 	if _, err := r2.SetRemoteControl(ctx, "a", true); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "refresh of a", func() bool { return r1.CacheStats().Refreshes >= 1 })
+	testenv.Eventually(t, 10*time.Second, "refresh of a", func() bool { return r1.CacheStats().Refreshes >= 1 })
 	if e, _ := r1.Lookup(ctx, "a"); !e.RemoteControlEnabled {
 		t.Error("stale remote control after another instance's change")
 	}
@@ -251,7 +204,7 @@ func TestCacheInvalidatedAcrossInstances(t *testing.T) {
 	if err := r2.Decommission(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "refresh of a's decommission", func() bool { return r1.CacheStats().Refreshes >= 2 })
+	testenv.Eventually(t, 10*time.Second, "refresh of a's decommission", func() bool { return r1.CacheStats().Refreshes >= 2 })
 	if e, err := r1.Lookup(ctx, "a"); err != nil || !e.Decommissioned {
 		t.Errorf("after decommission elsewhere: %+v %v", e, err)
 	}
@@ -259,7 +212,7 @@ func TestCacheInvalidatedAcrossInstances(t *testing.T) {
 	if _, err := r2.Register(ctx, "ghost", "", ""); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "ghost visible", func() bool { _, err := r1.Lookup(ctx, "ghost"); return err == nil })
+	testenv.Eventually(t, 10*time.Second, "ghost visible", func() bool { _, err := r1.Lookup(ctx, "ghost"); return err == nil })
 }
 
 func TestCacheBounded(t *testing.T) {
@@ -271,7 +224,7 @@ func TestCacheBounded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
-	waitFor(t, "watch", r.Watching)
+	testenv.Eventually(t, 10*time.Second, "watch", r.Watching)
 	for i := 0; i < 50; i++ {
 		_, _ = r.Lookup(ctx, "dev-"+string(rune('a'+i%26))+strings.Repeat("x", i))
 	}

@@ -28,12 +28,12 @@ func TestWatchStallRecovered(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r1.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "watch", r1.Watching)
+	testenv.Eventually(t, 10*time.Second, "watch", r1.Watching)
 	r2 := newRegistry(t, b, false)
 	if _, err := r2.Register(ctx, "d", "", ""); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "registration seen", func() bool { _, err := r1.Lookup(ctx, "d"); return err == nil })
+	testenv.Eventually(t, 10*time.Second, "registration seen", func() bool { _, err := r1.Lookup(ctx, "d"); return err == nil })
 	if e, _ := r1.Lookup(ctx, "d"); e.RemoteControlEnabled {
 		t.Fatal("remote control on")
 	}
@@ -59,9 +59,9 @@ func TestWatchStallRecovered(t *testing.T) {
 	if _, err := r2.SetRemoteControl(ctx, "d", true); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "stall detected", func() bool { return r1.CacheStats().WatchStalls > stalls })
-	waitFor(t, "watch re-created", r1.Watching)
-	waitFor(t, "the missed change in the cache", func() bool {
+	testenv.Eventually(t, 10*time.Second, "stall detected", func() bool { return r1.CacheStats().WatchStalls > stalls })
+	testenv.Eventually(t, 10*time.Second, "watch re-created", r1.Watching)
+	testenv.Eventually(t, 10*time.Second, "the missed change in the cache", func() bool {
 		e, err := r1.Lookup(ctx, "d")
 		return err == nil && e.RemoteControlEnabled
 	})
@@ -69,7 +69,7 @@ func TestWatchStallRecovered(t *testing.T) {
 	if _, err := r2.SetRemoteControl(ctx, "d", false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "next change through the new watch", func() bool {
+	testenv.Eventually(t, 10*time.Second, "next change through the new watch", func() bool {
 		e, err := r1.Lookup(ctx, "d")
 		return err == nil && !e.RemoteControlEnabled
 	})
