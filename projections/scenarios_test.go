@@ -40,7 +40,7 @@ func TestScenario10TimeZones(t *testing.T) {
 	stop() // the restart at 10
 	p, stop2 := startProjector(t, Config{DB: db, JetStream: js})
 	defer stop2()
-	eventually(t, 5*time.Second, "ready after restart", func() bool { return p.Ready(ctx) == nil })
+	testenv.Eventually(t, 5*time.Second, "ready after restart", func() bool { return p.Ready(ctx) == nil })
 
 	st := NewStore(db)
 	a, err := st.Device(ctx, "A")
@@ -143,44 +143,30 @@ func TestRebuild(t *testing.T) {
 func TestDatabaseDownRetriesAndReportsNotReady(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	dsn, _ := testenv.Postgres(t)
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := newTCPProxy(t, u.Host)
-	u.Host = proxy.addr
-	db, err := sqlx.Open("postgres", u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := Migrate(ctx, db.DB, testenv.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
+	db, proxy := proxiedDB(t)
 	js := openBus(t).JS
 	p, _ := startProjector(t, Config{DB: db, JetStream: js, RetryMin: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond})
 	seq := publishTransition(t, js, "A", events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, 1)
 	waitCheckpoint(t, db, ProjectionTransitions, seq)
-	eventually(t, 5*time.Second, "ready", func() bool { return p.Ready(ctx) == nil })
+	testenv.Eventually(t, 5*time.Second, "ready", func() bool { return p.Ready(ctx) == nil })
 
 	// Idle: the probe notices.
 	proxy.down()
-	eventually(t, 5*time.Second, "not ready while Postgres is down and the projector idle", func() bool {
+	testenv.Eventually(t, 5*time.Second, "not ready while Postgres is down and the projector idle", func() bool {
 		return errors.Is(p.Ready(ctx), ErrNotReady)
 	})
 	var last uint64
 	for i := range 20 {
 		last = publishTransition(t, js, "A", events.StatusConnected, events.StatusTemporarilyOffline, events.ReasonHeartbeatTimeout, float64(10+i))
 	}
-	eventually(t, 5*time.Second, "not ready while Postgres is down", func() bool {
+	testenv.Eventually(t, 5*time.Second, "not ready while Postgres is down", func() bool {
 		err := p.Ready(ctx)
 		var nre *NotReadyError
 		return errors.Is(err, ErrNotReady) && errors.As(err, &nre) && nre.Reason == "database unavailable"
 	})
 	proxy.up()
 	waitCheckpoint(t, db, ProjectionTransitions, last)
-	eventually(t, 5*time.Second, "ready again", func() bool { return p.Ready(ctx) == nil })
+	testenv.Eventually(t, 5*time.Second, "ready again", func() bool { return p.Ready(ctx) == nil })
 	var n int
 	if err := db.Get(&n, `SELECT count(*) FROM transitions`); err != nil || n != 21 {
 		t.Errorf("%d transitions (%v), want 21: nothing skipped", n, err)
@@ -192,35 +178,21 @@ func TestDatabaseDownRetriesAndReportsNotReady(t *testing.T) {
 func TestReadyFollowsPostgresBackBeforeTheRetry(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	dsn, _ := testenv.Postgres(t)
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := newTCPProxy(t, u.Host)
-	u.Host = proxy.addr
-	db, err := sqlx.Open("postgres", u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := Migrate(ctx, db.DB, testenv.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
+	db, proxy := proxiedDB(t)
 	js := openBus(t).JS
 	p, _ := startProjector(t, Config{DB: db, JetStream: js, RetryMin: 6 * time.Second, RetryMax: 6 * time.Second, LagInterval: time.Minute})
 	seq := publishTransition(t, js, "A", events.StatusRegistered, events.StatusConnected, events.ReasonHeartbeat, 1)
 	waitCheckpoint(t, db, ProjectionTransitions, seq)
-	eventually(t, 5*time.Second, "ready", func() bool { return p.Ready(ctx) == nil })
+	testenv.Eventually(t, 5*time.Second, "ready", func() bool { return p.Ready(ctx) == nil })
 
 	proxy.down()
 	last := publishTransition(t, js, "A", events.StatusConnected, events.StatusTemporarilyOffline, events.ReasonHeartbeatTimeout, 2)
-	eventually(t, 5*time.Second, "not ready: the write failed and the ping fails", func() bool {
+	testenv.Eventually(t, 5*time.Second, "not ready: the write failed and the ping fails", func() bool {
 		var nre *NotReadyError
 		return errors.As(p.Ready(ctx), &nre) && nre.Reason == reasonDBUnavailable
 	})
 	proxy.up()
-	eventually(t, 3*time.Second, "ready once Postgres answers", func() bool { return p.Ready(ctx) == nil })
+	testenv.Eventually(t, 3*time.Second, "ready once Postgres answers", func() bool { return p.Ready(ctx) == nil })
 	cp, err := NewStore(db).Checkpoint(ctx, ProjectionTransitions)
 	if err != nil {
 		t.Fatal(err)
@@ -331,7 +303,7 @@ func TestReadinessStreamBehindAndBusDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, stop := startProjector(t, Config{DB: db, JetStream: b.JS})
-	eventually(t, 5*time.Second, "not ready: stream behind", func() bool {
+	testenv.Eventually(t, 5*time.Second, "not ready: stream behind", func() bool {
 		return errors.Is(p.Ready(ctx), ErrStreamBehindCheckpoint)
 	})
 	if d, err := NewStore(db).Device(ctx, "A"); err == nil {
@@ -344,10 +316,32 @@ func TestReadinessStreamBehindAndBusDown(t *testing.T) {
 	}
 	p2, _ := startProjector(t, Config{DB: db, JetStream: b.JS})
 	waitCheckpoint(t, db, ProjectionTransitions, seq)
-	eventually(t, 5*time.Second, "ready", func() bool { return p2.Ready(ctx) == nil })
+	testenv.Eventually(t, 5*time.Second, "ready", func() bool { return p2.Ready(ctx) == nil })
 	b.Server.Shutdown()
-	eventually(t, 10*time.Second, "not ready without NATS", func() bool {
+	testenv.Eventually(t, 10*time.Second, "not ready without NATS", func() bool {
 		var nre *NotReadyError
 		return errors.As(p2.Ready(ctx), &nre) && nre.Reason == "stream unavailable"
 	})
+}
+
+// proxiedDB opens a migrated fresh schema through a TCP proxy that the test
+// can take down and bring back up, closed when the test ends.
+func proxiedDB(t *testing.T) (*sqlx.DB, *tcpProxy) {
+	t.Helper()
+	dsn, _ := testenv.Postgres(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newTCPProxy(t, u.Host)
+	u.Host = proxy.addr
+	db, err := sqlx.Open("postgres", u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := Migrate(context.Background(), db.DB, testenv.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	return db, proxy
 }
