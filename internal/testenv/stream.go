@@ -31,15 +31,8 @@ func StreamState(t testing.TB, b *bus.Bus, stream string) jetstream.StreamState 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := b.JS.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State
+	_, state := openStream(ctx, t, b, stream)
+	return state
 }
 
 // Messages returns every message stored in the stream named stream on b, in
@@ -49,19 +42,12 @@ func Messages(t testing.TB, b *bus.Bus, stream string) []*jetstream.RawStreamMsg
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := b.JS.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Msgs == 0 {
+	st, state := openStream(ctx, t, b, stream)
+	if state.Msgs == 0 {
 		return nil
 	}
 	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+	for seq := state.FirstSeq; seq <= state.LastSeq; seq++ {
 		m, err := st.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -72,6 +58,19 @@ func Messages(t testing.TB, b *bus.Bus, stream string) []*jetstream.RawStreamMsg
 		out = append(out, m)
 	}
 	return out
+}
+
+func openStream(ctx context.Context, t testing.TB, b *bus.Bus, stream string) (jetstream.Stream, jetstream.StreamState) {
+	t.Helper()
+	st, err := b.JS.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, info.State
 }
 
 // StoredInput is one event of the input stream with where it is stored.
@@ -111,6 +110,17 @@ func Inputs(t testing.TB, b *bus.Bus) []*events.Input {
 	var out []*events.Input
 	for _, s := range InputEvents(t, b) {
 		out = append(out, s.In)
+	}
+	return out
+}
+
+// OfType returns the events of evs of type typ, in order.
+func OfType(evs []*events.Input, typ events.Type) []*events.Input {
+	var out []*events.Input
+	for _, e := range evs {
+		if e.Type == typ {
+			out = append(out, e)
+		}
 	}
 	return out
 }

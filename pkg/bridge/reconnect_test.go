@@ -50,16 +50,6 @@ func (d *deliverer) History(ctx context.Context, id string, q historyQuery) (his
 	return readHistory(ctx, d.br.cfg.Bus, d.br.log, id, q)
 }
 
-func ofType(evs []*events.Input, typ events.Type) []*events.Input {
-	var out []*events.Input
-	for _, e := range evs {
-		if e.Type == typ {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 // TestDeliverComebackOnce: a comeback (offline transition sequence) is
 // delivered once, by exactly one of many concurrent callers on two registry
 // instances (two bridges); an older or equal sequence delivers nothing; a
@@ -111,7 +101,7 @@ func TestDeliverComebackOnce(t *testing.T) {
 		t.Errorf("entry %+v %v", dev, err)
 	}
 	var ids []string
-	for _, ev := range ofType(testenv.Inputs(t, b), events.TypeReconnectDelivered) {
+	for _, ev := range testenv.OfType(testenv.Inputs(t, b), events.TypeReconnectDelivered) {
 		ids = append(ids, ev.ID)
 		reason, _, seq, ok := parseDeliveryID(ev.ID)
 		if !ok || reason != reasonComeback || (seq != 7 && seq != 12) {
@@ -144,7 +134,7 @@ func TestDeliverOperatorAndComebackTogether(t *testing.T) {
 		t.Fatalf("second: %+v %v", d, err)
 	}
 	got := map[string]bool{}
-	for _, ev := range ofType(testenv.Inputs(t, b), events.TypeReconnectDelivered) {
+	for _, ev := range testenv.OfType(testenv.Inputs(t, b), events.TypeReconnectDelivered) {
 		got[ev.ID] = true
 	}
 	if len(got) != 2 || !got["rd-"+req] || !got["rd-tr-5"] {
@@ -209,7 +199,7 @@ func TestDeliverLogsLater(t *testing.T) {
 	if d, err := r.Deliver(ctx, "d", 0); err != nil || d.Reconnect {
 		t.Fatalf("retry: %+v %v (the device must not be told twice)", d, err)
 	}
-	del := ofType(testenv.Inputs(t, b), events.TypeReconnectDelivered)
+	del := testenv.OfType(testenv.Inputs(t, b), events.TypeReconnectDelivered)
 	if len(del) != 1 || del[0].ID != "rd-"+req || !del[0].At.Equal(told) {
 		t.Fatalf("delivered events %+v, want one at %s", del, told)
 	}
@@ -219,7 +209,7 @@ func TestDeliverLogsLater(t *testing.T) {
 	if d, err := r.Deliver(ctx, "d", 0); err != nil || d.Reconnect {
 		t.Errorf("nothing left: %+v %v", d, err)
 	}
-	if n := len(ofType(testenv.Inputs(t, b), events.TypeReconnectDelivered)); n != 1 {
+	if n := len(testenv.OfType(testenv.Inputs(t, b), events.TypeReconnectDelivered)); n != 1 {
 		t.Errorf("%d delivered events", n)
 	}
 }
@@ -280,13 +270,13 @@ func TestRemoteControlAndReconnect(t *testing.T) {
 		t.Errorf("%d winners, want 1", wins.Load())
 	}
 	evs := testenv.Inputs(t, b)
-	if n := len(ofType(evs, events.TypeRemoteControlChanged)); n != 1 {
+	if n := len(testenv.OfType(evs, events.TypeRemoteControlChanged)); n != 1 {
 		t.Errorf("%d remote_control_changed, want 1", n)
 	}
-	if n := len(ofType(evs, events.TypeReconnectRequested)); n != 1 {
+	if n := len(testenv.OfType(evs, events.TypeReconnectRequested)); n != 1 {
 		t.Errorf("%d reconnect_requested, want 1", n)
 	}
-	del := ofType(evs, events.TypeReconnectDelivered)
+	del := testenv.OfType(evs, events.TypeReconnectDelivered)
 	if len(del) != 1 || del[0].ID != "rd-"+id1 {
 		t.Errorf("reconnect_delivered: %+v", del)
 	}

@@ -32,16 +32,6 @@ func newRegistry(t *testing.T, b *bus.Bus, run bool) *registry.Registry {
 	return r
 }
 
-func ofType(evs []*events.Input, typ events.Type) []*events.Input {
-	var out []*events.Input
-	for _, e := range evs {
-		if e.Type == typ {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 func TestRegisterGetAndEvents(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{})
 	r := newRegistry(t, b, false)
@@ -74,7 +64,7 @@ func TestRegisterGetAndEvents(t *testing.T) {
 	if _, err := r.Register(ctx, "kiosk-1", "", ""); !errors.Is(err, registry.ErrExists) {
 		t.Errorf("second register: %v", err)
 	}
-	regs := ofType(testenv.Inputs(t, b), events.TypeDeviceRegistered)
+	regs := testenv.OfType(testenv.Inputs(t, b), events.TypeDeviceRegistered)
 	if len(regs) != 5 || regs[0].Registered.Group != "lobby" || regs[0].Actor != registry.Actor {
 		t.Errorf("registered events: %d %+v", len(regs), regs)
 	}
@@ -107,7 +97,7 @@ func TestRegisterRefusesBadInput(t *testing.T) {
 	if _, err := r.Get(ctx, "nope"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Get unknown: %v", err)
 	}
-	if got := len(ofType(testenv.Inputs(t, b), events.TypeDeviceRegistered)); got != 1 {
+	if got := len(testenv.OfType(testenv.Inputs(t, b), events.TypeDeviceRegistered)); got != 1 {
 		t.Errorf("%d registered events, want 1 (only x)", got)
 	}
 }
@@ -151,10 +141,10 @@ func TestDecommissionAndReRegister(t *testing.T) {
 		t.Errorf("new token: %+v %v", e, err)
 	}
 	evs := testenv.Inputs(t, b)
-	if n := len(ofType(evs, events.TypeDeviceDecommissioned)); n != 1 {
+	if n := len(testenv.OfType(evs, events.TypeDeviceDecommissioned)); n != 1 {
 		t.Errorf("%d decommissioned events, want 1 (the repeat is deduplicated)", n)
 	}
-	if n := len(ofType(evs, events.TypeDeviceRegistered)); n != 2 {
+	if n := len(testenv.OfType(evs, events.TypeDeviceRegistered)); n != 2 {
 		t.Errorf("%d registered events, want 2", n)
 	}
 }

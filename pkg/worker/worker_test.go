@@ -68,34 +68,19 @@ func (p *pub) tick(at time.Time) { p.publish(&events.Input{Type: events.TypeTick
 // least want messages (or 10 s passed).
 func transitions(t *testing.T, b *bus.Bus, want int) []events.StatusChanged {
 	t.Helper()
-	ctx := context.Background()
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, err := b.JS.Stream(ctx, events.TransitionStream)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if int(info.State.Msgs) >= want || time.Now().After(deadline) {
-			var out []events.StatusChanged
-			for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-				m, err := st.GetMsg(ctx, seq)
-				if err != nil {
-					t.Fatal(err)
-				}
-				sc, err := events.DecodeStatusChanged(m.Data)
-				if err != nil {
-					t.Fatal(err)
-				}
-				out = append(out, *sc)
-			}
-			return out
-		}
+	for int(testenv.StreamState(t, b, events.TransitionStream).Msgs) < want && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
+	var out []events.StatusChanged
+	for _, m := range testenv.Messages(t, b, events.TransitionStream) {
+		sc, err := events.DecodeStatusChanged(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, *sc)
+	}
+	return out
 }
 
 func summarize(trs []events.StatusChanged, t0 time.Time) []string {
@@ -169,15 +154,7 @@ func TestWorkerEndToEndOverJetStream(t *testing.T) {
 func TestPublisherFenced(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{Partitions: 1})
 	ctx := context.Background()
-	mk := func() *publisher {
-		st := newPartition(0, 1, testThresholds, Probing{})
-		mustApply(t, st, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()})
-		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil, "test"), st: st}
-		if err := o.init(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return o
-	}
+	mk := func() *publisher { return newFencePublisher(t, b) }
 	a, c := mk(), mk()
 	tr := func(seq uint64) *events.StatusChanged {
 		sc := &events.StatusChanged{V: 1, Device: "A", From: events.StatusRegistered, To: events.StatusConnected,
@@ -325,15 +302,7 @@ func TestWorkerSkipsMalformedInput(t *testing.T) {
 func TestPublisherSameTransitionTwiceIsNotAFence(t *testing.T) {
 	b := testenv.NATS(t, bus.Config{Partitions: 1})
 	ctx := context.Background()
-	mk := func() *publisher {
-		st := newPartition(0, 1, testThresholds, Probing{})
-		mustApply(t, st, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()})
-		o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil, "test"), st: st}
-		if err := o.init(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return o
-	}
+	mk := func() *publisher { return newFencePublisher(t, b) }
 	sc := &events.StatusChanged{V: 1, Device: "A", From: events.StatusRegistered, To: events.StatusConnected,
 		ReasonCode: events.ReasonHeartbeat, At: time.Now(), Cause: events.Cause{Seq: 7}}
 	sc.ID = sc.MsgID()
@@ -494,4 +463,17 @@ func TestPartitionsOwnedMetric(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// newFencePublisher returns a publisher of partition 0 (of 1) on b whose
+// state holds device A registered, initialised from the transitions stream.
+func newFencePublisher(t *testing.T, b *bus.Bus) *publisher {
+	t.Helper()
+	st := newPartition(0, 1, testThresholds, Probing{})
+	mustApply(t, st, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: time.Now()})
+	o := &publisher{js: b.JS, p: 0, partitions: 1, log: testenv.Logger(t), m: newMetrics(nil, "test"), st: st}
+	if err := o.init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return o
 }
