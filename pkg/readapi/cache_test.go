@@ -80,14 +80,7 @@ func TestCacheFollowsTransitions(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	f := newFixture(t)
-	c, err := NewCache(CacheConfig{Store: projections.NewStore(f.db), JetStream: f.js, TTL: time.Hour, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(rctx) }()
-	defer func() { cancel(); <-done }()
+	c := runCache(t, f, CacheConfig{TTL: time.Hour})
 
 	f.register(t, "A", "g")
 	in := f.register(t, "B", "g")
@@ -141,15 +134,7 @@ func TestCacheTransitionOfBNeverEvictsA(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	f := newFixture(t)
-	c, err := NewCache(CacheConfig{Store: projections.NewStore(f.db), JetStream: f.js, TTL: time.Hour, MaxEntries: 2,
-		MaxTombstones: 4, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(rctx) }()
-	defer func() { cancel(); <-done }()
+	c := runCache(t, f, CacheConfig{TTL: time.Hour, MaxEntries: 2, MaxTombstones: 4})
 
 	f.register(t, "A", "g")
 	in := f.register(t, "B", "g")
@@ -216,4 +201,19 @@ func TestCacheTransitionOfBNeverEvictsA(t *testing.T) {
 	if c.Stats().Misses != misses+1 {
 		t.Errorf("A was not re-read after its own transition")
 	}
+}
+
+// runCache runs a cache with cfg over f's store and bus until the test ends.
+func runCache(t *testing.T, f *fixture, cfg CacheConfig) *Cache {
+	t.Helper()
+	cfg.Store, cfg.JetStream, cfg.Logger = projections.NewStore(f.db), f.js, testenv.Logger(t)
+	c, err := NewCache(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
 }

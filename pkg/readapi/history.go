@@ -150,12 +150,7 @@ func (a *API) handleAvailability(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	from, err := parseTime(q, "from")
-	if err != nil {
-		badRequest(w, err)
-		return
-	}
-	to, err := parseTime(q, "to")
+	from, to, err := parseFromTo(q)
 	if err != nil {
 		badRequest(w, err)
 		return

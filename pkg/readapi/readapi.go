@@ -377,12 +377,7 @@ func (a *API) handleTransitions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	from, err := parseTime(q, "from")
-	if err != nil {
-		badRequest(w, err)
-		return
-	}
-	to, err := parseTime(q, "to")
+	from, to, err := parseFromTo(q)
 	if err != nil {
 		badRequest(w, err)
 		return
@@ -553,6 +548,16 @@ func parseLimit(q url.Values) (int, error) {
 		return 0, fmt.Errorf("limit must be an integer in 1..%d; got %q", projections.MaxLimit, v)
 	}
 	return n, nil
+}
+
+// parseFromTo reads the optional RFC 3339 parameters from and to (zero when
+// absent); the error says which one is malformed or repeated.
+func parseFromTo(q url.Values) (from, to time.Time, err error) {
+	if from, err = parseTime(q, "from"); err != nil {
+		return from, to, err
+	}
+	to, err = parseTime(q, "to")
+	return from, to, err
 }
 
 func parseTime(q url.Values, key string) (time.Time, error) {
