@@ -64,6 +64,20 @@ var base = time.Date(2026, 3, 29, 0, 59, 30, 0, time.UTC)
 // at returns base + s seconds.
 func at(s float64) time.Time { return base.Add(time.Duration(s * float64(time.Second))) }
 
+// openMigrated opens dsn, migrates it and closes it when the test ends.
+func openMigrated(t testing.TB, dsn string) *sqlx.DB {
+	t.Helper()
+	db, err := sqlx.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := Migrate(context.Background(), db.DB, testenv.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
 // openDB gives the test a fresh migrated schema whose sessions run in
 // Europe/Berlin.
 func openDB(t testing.TB) *sqlx.DB {
@@ -77,15 +91,7 @@ func openDB(t testing.TB) *sqlx.DB {
 	q := u.Query()
 	q.Set("timezone", "Europe/Berlin")
 	u.RawQuery = q.Encode()
-	db, err := sqlx.Open("postgres", u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := Migrate(context.Background(), db.DB, testenv.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
-	return db
+	return openMigrated(t, u.String())
 }
 
 func openBus(t testing.TB) *bus.Bus {

@@ -335,13 +335,5 @@ func proxiedDB(t *testing.T) (*sqlx.DB, *tcpProxy) {
 	}
 	proxy := newTCPProxy(t, u.Host)
 	u.Host = proxy.addr
-	db, err := sqlx.Open("postgres", u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := Migrate(context.Background(), db.DB, testenv.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
-	return db, proxy
+	return openMigrated(t, u.String()), proxy
 }

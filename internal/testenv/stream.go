@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -123,4 +124,17 @@ func OfType(evs []*events.Input, typ events.Type) []*events.Input {
 		}
 	}
 	return out
+}
+
+// Start runs run in a goroutine with a context that is cancelled by the
+// returned stop, which then waits for run to return. stop may be called more
+// than once; the test's cleanup calls it too.
+func Start(t testing.TB, run func(context.Context) error) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = run(ctx) }()
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
+	return stop
 }

@@ -27,10 +27,8 @@ func TestComebackWithTheRealWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testenv.Start(t, w.Run)
+	ctx := context.Background()
 
 	tok := e1.register("d", "")
 	p := events.Partition("d", e1.bus.Partitions())

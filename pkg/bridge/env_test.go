@@ -75,10 +75,8 @@ func newEnvOnBus(t testing.TB, b *bus.Bus, opts ...envOpt) *env {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	srv := httptest.NewServer(httpx.DeviceIDs(mux))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = br.Run(ctx) }()
-	t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	testenv.Start(t, br.Run)
+	t.Cleanup(srv.Close)
 	e := &env{t: t, bus: b, reg: reg, br: br, clk: clk, srv: srv}
 	e.waitReady()
 	return e

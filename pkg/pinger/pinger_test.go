@@ -79,10 +79,7 @@ func start(t *testing.T, cfg Config) (*Pinger, *prometheus.Registry) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testenv.Start(t, p.Run)
 	testenv.Eventually(t, 30*time.Second, "pinger ready", func() bool { return p.Ready(context.Background()) == nil })
 	return p, reg
 }

@@ -211,9 +211,6 @@ func runCache(t *testing.T, f *fixture, cfg CacheConfig) *Cache {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testenv.Start(t, c.Run)
 	return c
 }

@@ -69,16 +69,14 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
+	testenv.Start(t, p.Run)
 	api, err := New(Config{Store: projections.NewStore(db), AdminToken: token, Logger: testenv.Logger(t),
 		Clock: clock.NewFake(at(600))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	t.Cleanup(srv.Close)
 	return &fixture{db: db, js: b.JS, srv: srv, proj: p}
 }
 

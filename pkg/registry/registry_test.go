@@ -23,10 +23,7 @@ func newRegistry(t *testing.T, b *bus.Bus, run bool) *registry.Registry {
 		t.Fatal(err)
 	}
 	if run {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = r.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
+		testenv.Start(t, r.Run)
 		testenv.Eventually(t, 10*time.Second, "watch established", r.Watching)
 	}
 	return r

@@ -24,10 +24,8 @@ func TestWatchStallRecovered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r1.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testenv.Start(t, r1.Run)
+	ctx := context.Background()
 	testenv.Eventually(t, 10*time.Second, "watch", r1.Watching)
 	r2 := newRegistry(t, b, false)
 	if _, err := r2.Register(ctx, "d", "", ""); err != nil {

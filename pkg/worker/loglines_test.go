@@ -81,11 +81,7 @@ func TestOneLogLinePerPublishedTransition(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = w.Run(ctx) }()
-		stop := sync.OnceFunc(func() { cancel(); <-done })
-		t.Cleanup(stop)
+		stop := testenv.Start(t, w.Run)
 		stops = append(stops, stop)
 	}
 	// Ticks: every device goes temporarily_offline, then disconnected.

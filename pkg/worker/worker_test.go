@@ -338,10 +338,7 @@ func runWorker(t *testing.T, b *bus.Bus, id string, ttl time.Duration) (*Worker,
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	return w, func() { cancel(); <-done }
+	return w, testenv.Start(t, w.Run)
 }
 
 // crashWorker starts a worker on its own connection and kills it: the
@@ -428,10 +425,8 @@ func TestPartitionsOwnedMetric(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	stop := testenv.Start(t, w.Run)
+	defer stop()
 	waitOwned(t, w, 3, 10*time.Second)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
