@@ -203,14 +203,10 @@ func (r *Registry) RegisterGateway(ctx context.Context, id string) (string, erro
 	if err := ValidateGatewayID(id); err != nil {
 		return "", err
 	}
-	if err := r.connected(); err != nil {
-		return "", err
-	}
-	token, err := newToken()
+	ctx, cancel, token, err := r.newTokenOp(ctx)
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	g := Gateway{ID: id, TokenHash: HashToken(token), RegisteredAt: r.cfg.Clock.Now().UTC()}
 	v, err := json.Marshal(&g)

@@ -63,14 +63,10 @@ func (r *Registry) RekeyGateway(ctx context.Context, id string) (string, error) 
 	if err := ValidateGatewayID(id); err != nil {
 		return "", err
 	}
-	if err := r.connected(); err != nil {
-		return "", err
-	}
-	token, err := newToken()
+	ctx, cancel, token, err := r.newTokenOp(ctx)
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	key := gatewayKey(id)
 	for range 8 { // retried only when another writer changed the entry in between

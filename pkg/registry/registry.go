@@ -263,6 +263,22 @@ func newToken() (string, error) {
 
 func newEventID(prefix string) string { return prefix + "-" + nuid.Next() }
 
+// newTokenOp begins an operation that stores a new token: it checks that the
+// bucket is reachable, draws the token (256 random bits, unpadded base64url)
+// and returns ctx with the default deadline applied (cancel releases it).
+// Errors: [ErrUnavailable], or the random source's.
+func (r *Registry) newTokenOp(ctx context.Context) (context.Context, context.CancelFunc, string, error) {
+	if err := r.connected(); err != nil {
+		return ctx, nil, "", err
+	}
+	token, err := newToken()
+	if err != nil {
+		return ctx, nil, "", err
+	}
+	ctx, cancel := r.opCtx(ctx)
+	return ctx, cancel, token, nil
+}
+
 // opCtx applies the default deadline when ctx has none.
 func (r *Registry) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
@@ -391,14 +407,10 @@ func (r *Registry) Register(ctx context.Context, id, group, gateway string, opts
 			return "", fmt.Errorf("%w: %w", ErrInvalidGateway, err)
 		}
 	}
-	if err := r.connected(); err != nil {
-		return "", err
-	}
-	token, err := newToken()
+	ctx, cancel, token, err := r.newTokenOp(ctx)
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	key := events.SubjectToken(id)
 	now := r.cfg.Clock.Now().UTC()
