@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/backoff"
 	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/trace"
 )
@@ -192,7 +193,7 @@ func CheckUntil(ctx context.Context, c *apiclient.Client, exps []trace.Expectati
 		if ctx.Err() != nil || time.Now().Add(poll).After(deadline) {
 			return ms, n, err
 		}
-		if err := sleepCtx(ctx, poll); err != nil {
+		if err := backoff.Sleep(ctx, poll); err != nil {
 			return ms, n, err
 		}
 	}

@@ -281,17 +281,3 @@ func registerAll(ctx context.Context, c *apiclient.Client, ids, groups []string,
 	log.Info("devices registered", slog.Int("devices", len(ids)))
 	return tokens, nil
 }
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/devstatus/devstatus/events"
+	"github.com/devstatus/devstatus/internal/backoff"
 	"github.com/devstatus/devstatus/pkg/apiclient"
 	"github.com/devstatus/devstatus/pkg/trace"
 )
@@ -349,7 +350,7 @@ func ReplayLive(ctx context.Context, c *apiclient.Client, cfg LiveConfig) (*Live
 		})
 	}()
 
-	if err := sleepCtx(ctx, time.Until(readAt)); err != nil {
+	if err := backoff.Sleep(ctx, time.Until(readAt)); err != nil {
 		return nil, err
 	}
 	res.ReadFrom = time.Now()

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/devstatus/devstatus/internal/backoff"
 	"github.com/devstatus/devstatus/pkg/apiclient"
 )
 
@@ -206,7 +207,7 @@ func (p *Plan) Run(ctx context.Context, c *apiclient.Client, opts RunOptions) (*
 	var checkErr error
 	if !opts.NoCheck {
 		res.Checked = true
-		if err := sleepCtx(ctx, time.Until(res.CheckAt)); err != nil {
+		if err := backoff.Sleep(ctx, time.Until(res.CheckAt)); err != nil {
 			return nil, err
 		}
 		exps := p.Expectations(start)
@@ -224,7 +225,7 @@ func (p *Plan) Run(ctx context.Context, c *apiclient.Client, opts RunOptions) (*
 				break
 			}
 			log.Debug("check: service not there yet, reading again", slog.Int("mismatches", len(res.Mismatches)), slog.Any("err", checkErr))
-			_ = sleepCtx(ctx, pause)
+			_ = backoff.Sleep(ctx, pause)
 		}
 	}
 	select {
