@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devstatus/devstatus/pkg/clock"
+	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/devstatus/devstatus/pkg/registry"
 )
 
@@ -125,38 +126,13 @@ func (m *metrics) register(r prometheus.Registerer) error {
 	return errors.Join(errs...)
 }
 
-// statusRecorder remembers the status code a handler wrote.
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	if s.code == 0 {
-		s.code = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.code == 0 {
-		s.code = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
 // instrument records the request duration and, with count, a per-code counter.
 func (m *metrics) instrument(route string, count *prometheus.CounterVec, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := m.clk.Now()
-		rec := &statusRecorder{ResponseWriter: w}
+		rec := &httpx.StatusRecorder{ResponseWriter: w}
 		h(rec, r)
-		if rec.code == 0 {
-			rec.code = http.StatusOK
-		}
-		code := strconv.Itoa(rec.code)
+		code := strconv.Itoa(rec.Status())
 		m.requestDuration.WithLabelValues(route, code).Observe(m.clk.Now().Sub(start).Seconds())
 		if count != nil {
 			count.WithLabelValues(code).Inc()

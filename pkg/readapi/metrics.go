@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -59,37 +60,12 @@ func newAPIMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
 	return m, errors.Join(errs...)
 }
 
-// codeRecorder remembers the status code a handler wrote.
-type codeRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (c *codeRecorder) WriteHeader(code int) {
-	if c.code == 0 {
-		c.code = code
-	}
-	c.ResponseWriter.WriteHeader(code)
-}
-
-func (c *codeRecorder) Write(b []byte) (int, error) {
-	if c.code == 0 {
-		c.code = http.StatusOK
-	}
-	return c.ResponseWriter.Write(b)
-}
-
-func (c *codeRecorder) Unwrap() http.ResponseWriter { return c.ResponseWriter }
-
 // instrument records the duration of each request of route.
 func (m *apiMetrics) instrument(route string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &codeRecorder{ResponseWriter: w}
+		rec := &httpx.StatusRecorder{ResponseWriter: w}
 		h.ServeHTTP(rec, r)
-		if rec.code == 0 {
-			rec.code = http.StatusOK
-		}
-		m.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(route, strconv.Itoa(rec.Status())).Observe(time.Since(start).Seconds())
 	})
 }
