@@ -39,6 +39,18 @@ func writeRequestError(w http.ResponseWriter, err error) {
 	httpx.WriteError(w, http.StatusBadRequest, httpx.CodeBadRequest, err.Error())
 }
 
+// deviceRequest reads the device id of the path (validID) and then the
+// body (readBody, at most MaxBodyBytes, empty allowed) of a request to one
+// device's endpoint; when either is refused the error answer is written and
+// ok is false.
+func (b *Bridge) deviceRequest(w http.ResponseWriter, r *http.Request) (id string, body []byte, ok bool) {
+	if id, ok = validID(w, r); !ok {
+		return "", nil, false
+	}
+	body, ok = readBody(w, r, b.cfg.MaxBodyBytes, emptyAllowed)
+	return id, body, ok
+}
+
 // validID reads and checks the path's device id; on failure it answers 400.
 func validID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := httpx.DeviceID(r)
@@ -62,11 +74,7 @@ func (b *Bridge) registryFailure(w http.ResponseWriter, r *http.Request, id stri
 // handlePing serves POST /v1/devices/{id}/ping (ping service token). The
 // answer is 202 {"status": "accepted"} once the event is acknowledged.
 func (b *Bridge) handlePing(w http.ResponseWriter, r *http.Request) {
-	id, ok := validID(w, r)
-	if !ok {
-		return
-	}
-	body, ok := readBody(w, r, b.cfg.MaxBodyBytes, emptyAllowed)
+	id, body, ok := b.deviceRequest(w, r)
 	if !ok {
 		return
 	}
@@ -147,11 +155,7 @@ func (b *Bridge) handleRegister(w http.ResponseWriter, r *http.Request) {
 // handlePatch serves PATCH /v1/devices/{id} {"remote_control_enabled": bool}
 // → 200 {"id", "remote_control_enabled"}.
 func (b *Bridge) handlePatch(w http.ResponseWriter, r *http.Request) {
-	id, ok := validID(w, r)
-	if !ok {
-		return
-	}
-	body, ok := readBody(w, r, b.cfg.MaxBodyBytes, emptyAllowed)
+	id, body, ok := b.deviceRequest(w, r)
 	if !ok {
 		return
 	}

@@ -38,11 +38,7 @@ type heartbeatResponse struct {
 
 // handleHeartbeat serves POST /v1/devices/{id}/heartbeat.
 func (b *Bridge) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
-	id, ok := validID(w, r)
-	if !ok {
-		return
-	}
-	body, ok := readBody(w, r, b.cfg.MaxBodyBytes, emptyAllowed)
+	id, body, ok := b.deviceRequest(w, r)
 	if !ok {
 		return
 	}

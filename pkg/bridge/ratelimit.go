@@ -151,7 +151,12 @@ func (l *limiter) allow(id string, now time.Time) (t ticket, retryAfter time.Dur
 // the window's start. Recording the window's start keeps this instance
 // consistent with the answer's Retry-After (the window's end) without ever
 // holding the device longer than the shared guard does.
-func (l *limiter) rebase(t ticket, at int64) {
+func (l *limiter) rebase(t ticket, at int64) { l.undo(t, max(at, t.prevLast), false) }
+
+// undo takes ticket t back: the device's last accepted time, when it is
+// still t's, becomes last, and t's entry in the log is moved to last (drop
+// false) or removed (drop true; a device left with no state is forgotten).
+func (l *limiter) undo(t ticket, last int64, drop bool) {
 	if l.off() || t.id == "" {
 		return
 	}
@@ -163,15 +168,22 @@ func (l *limiter) rebase(t ticket, at int64) {
 		return
 	}
 	if d.last == t.at {
-		d.last = max(at, t.prevLast)
+		d.last = last
 	}
 	for i := len(d.times) - 1; i >= 0; i-- {
 		if d.times[i] == t.at {
-			// Earlier entries are at least RateMinInterval older than t.at,
-			// so before the window's start: the log stays in order.
-			d.times[i] = max(at, t.prevLast)
+			if drop {
+				d.times = append(d.times[:i], d.times[i+1:]...)
+			} else {
+				// Earlier entries are at least RateMinInterval older than
+				// t.at, so before the window's start: the log stays in order.
+				d.times[i] = last
+			}
 			break
 		}
+	}
+	if drop && !t.hadPrev && len(d.times) == 0 && d.last == 0 {
+		delete(s.m, t.id)
 	}
 }
 
@@ -203,30 +215,7 @@ func (l *limiter) windowID(id string, now time.Time) (msgID string, end time.Tim
 }
 
 // cancel gives back the slot of an accepted heartbeat that was not published.
-func (l *limiter) cancel(t ticket) {
-	if l.off() || t.id == "" {
-		return
-	}
-	s := l.shard(t.id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d := s.m[t.id]
-	if d == nil {
-		return
-	}
-	if d.last == t.at {
-		d.last = t.prevLast
-	}
-	for i := len(d.times) - 1; i >= 0; i-- {
-		if d.times[i] == t.at {
-			d.times = append(d.times[:i], d.times[i+1:]...)
-			break
-		}
-	}
-	if !t.hadPrev && len(d.times) == 0 && d.last == 0 {
-		delete(s.m, t.id)
-	}
-}
+func (l *limiter) cancel(t ticket) { l.undo(t, t.prevLast, true) }
 
 // sweep drops the state of devices idle long enough that it limits nothing.
 // It returns the number of devices still tracked.
