@@ -105,18 +105,7 @@ func TestHoldReplayIsDeterministic(t *testing.T) {
 		cut := r.IntN(len(log))
 		p := newPartition(3, 16, testThresholds, Probing{})
 		head := process(t, p, log[:cut])
-		b, err := encodeSnapshot(p.takeSnapshot())
-		if err != nil {
-			t.Fatal(err)
-		}
-		sn, err := decodeSnapshot(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := newPartition(3, 16, testThresholds, Probing{})
-		if err := c.restore(sn); err != nil {
-			t.Fatal(err)
-		}
+		c := restoredCopy(t, p.takeSnapshot(), 3, 16)
 		if c.hold != p.hold || c.holdSince != p.holdSince {
 			t.Fatalf("seed %d: snapshot lost the hold: %+v vs %+v", seed, c.hold, p.hold)
 		}

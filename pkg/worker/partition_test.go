@@ -123,18 +123,7 @@ func TestReplayIsDeterministic(t *testing.T) {
 		cut := r.IntN(len(log))
 		a := newPartition(3, 16, testThresholds, Probing{})
 		head, headProbes := processAll(t, a, log[:cut])
-		b, err := encodeSnapshot(a.takeSnapshot())
-		if err != nil {
-			t.Fatal(err)
-		}
-		sn, err := decodeSnapshot(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := newPartition(3, 16, testThresholds, Probing{})
-		if err := c.restore(sn); err != nil {
-			t.Fatal(err)
-		}
+		c := restoredCopy(t, a.takeSnapshot(), 3, 16)
 		// The restarted worker sees the tail again from an earlier point too.
 		tail, tailProbes := processAll(t, c, log[max(0, cut-50):])
 		if got := append(head, tail...); !reflect.DeepEqual(first, got) {
@@ -319,4 +308,23 @@ func TestProbeSchedule(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("probes\n got %v\nwant %v", got, want)
 	}
+}
+
+// restoredCopy encodes sn, decodes it and restores it into a new partition p
+// of partitions, as a restarted worker does.
+func restoredCopy(t testing.TB, sn *snapshot, p, partitions int) *partition {
+	t.Helper()
+	data, err := encodeSnapshot(sn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, err := decodeSnapshot(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newPartition(p, partitions, testThresholds, Probing{})
+	if err := c.restore(dec); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -85,18 +85,7 @@ func TestSnapshotVersion2(t *testing.T) {
 	mustApply(t, s, 1, &events.Input{Type: events.TypeDeviceRegistered, Device: "A", At: t0})
 	sn := s.takeSnapshot()
 	sn.Version, sn.TrSeqs, sn.Retired, sn.TrFresh = 2, nil, nil, false
-	data, err := encodeSnapshot(sn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sn2, err := decodeSnapshot(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := newPartition(0, 1, testThresholds, Probing{})
-	if err := r.restore(sn2); err != nil {
-		t.Fatal(err)
-	}
+	r := restoredCopy(t, sn, 0, 1)
 	if r.trSeq[r.index["A"]] != trSeqUnknown || r.trFresh {
 		t.Fatalf("restored v2: trSeq %d fresh %v", r.trSeq[r.index["A"]], r.trFresh)
 	}
@@ -106,13 +95,8 @@ func TestSnapshotVersion2(t *testing.T) {
 	}
 	// And a v3 snapshot carries them.
 	s.trSeq[s.index["A"]] = 42
-	data, _ = encodeSnapshot(s.takeSnapshot())
-	sn3, err := decodeSnapshot(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r = newPartition(0, 1, testThresholds, Probing{})
-	if err := r.restore(sn3); err != nil || r.trSeq[r.index["A"]] != 42 || !r.trFresh {
-		t.Fatalf("v3: %v %d", err, r.trSeq[r.index["A"]])
+	r = restoredCopy(t, s.takeSnapshot(), 0, 1)
+	if r.trSeq[r.index["A"]] != 42 || !r.trFresh {
+		t.Fatalf("v3: sequence %d, fresh %v", r.trSeq[r.index["A"]], r.trFresh)
 	}
 }
