@@ -42,7 +42,7 @@ func TestHeartbeatUnknownFieldsAccepted(t *testing.T) {
 		if len(hbs) != before+1 {
 			t.Fatalf("%s: answered 200 but %d heartbeats stored, want %d", c.body, len(hbs), before+1)
 		}
-		if got := string(hbs[len(hbs)-1].in.Heartbeat.Metrics); got != c.metrics {
+		if got := string(hbs[len(hbs)-1].In.Heartbeat.Metrics); got != c.metrics {
 			t.Errorf("%s: metrics %q, want %q", c.body, got, c.metrics)
 		}
 		total += float64(c.unknown)
@@ -89,7 +89,7 @@ func TestGatewayItemUnknownFieldsAccepted(t *testing.T) {
 	}
 	evs := e.inputEvents()
 	hbs := heartbeatsOf(evs, "n0")
-	if len(hbs) != 1 || string(hbs[0].in.Heartbeat.Metrics) != `{"battery":9}` || hbs[0].in.Heartbeat.Via != gw {
+	if len(hbs) != 1 || string(hbs[0].In.Heartbeat.Metrics) != `{"battery":9}` || hbs[0].In.Heartbeat.Via != gw {
 		t.Fatalf("n0 stored %+v", hbs)
 	}
 	if n := len(heartbeatsOf(evs, "n1")); n != 1 {
