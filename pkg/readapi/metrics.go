@@ -6,8 +6,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/devstatus/devstatus/pkg/httpx"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/devstatus/devstatus/pkg/httpx"
 )
 
 // apiMetrics are the read API's Prometheus collectors:
