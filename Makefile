@@ -28,7 +28,7 @@ GOLANGCI_LINT_BIN     ?= $(firstword $(subst :, ,$(shell $(GO) env GOPATH)))/bin
 # Go files of the repository: tracked and new-but-not-ignored (skips ./data, ./.pgdata, ./bin).
 GO_FILES = git ls-files -co --exclude-standard -- '*.go' | while IFS= read -r f; do [ -f "$$f" ] && printf '%s\n' "$$f"; done
 
-.PHONY: help run build migrate test test-replay test-race test-short bench bench-full bench-sync bench-profile fuzz lint fmt pg-start pg-stop pg-status pg-test-note nats-up nats-down clean
+.PHONY: help run build migrate test test-replay test-browser test-race test-short bench bench-full bench-sync bench-profile fuzz lint fmt pg-start pg-stop pg-status pg-test-note nats-up nats-down clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -50,14 +50,18 @@ build: ## build every binary of cmd/ into ./bin
 migrate: ## apply the Postgres schema (devstatus migrate) to DATABASE_URL or the local Postgres
 	deploy/with-pg.sh $(GO) run ./cmd/devstatus migrate
 
-test: ## race tests against the test Postgres (started when DATABASE_URL is unset), the trace replays without -race, then every fuzz target for TEST_FUZZTIME
+test: ## race tests against the test Postgres (started when DATABASE_URL is unset), the trace replays and the browser test without -race, then every fuzz target for TEST_FUZZTIME
 	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	@$(MAKE) --no-print-directory test-replay
+	@$(MAKE) --no-print-directory test-browser
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 	@$(MAKE) --no-print-directory pg-test-note
 
 test-replay: ## the whole-day virtual-time replay and the live HTTP replay of the Grid'5000 trace, and the check of the excerpt against the full trace (DEVSTATUS_TRACE), without -race (too slow under it)
 	deploy/with-pg.sh --test $(GO) test -count=1 -timeout 30m -run 'TestReplayTrace|TestExcerptMatchesFullTrace' -v ./e2e ./pkg/trace 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|(replay|trace)_test.go'; exit $${PIPESTATUS[0]}
+
+test-browser: ## the dashboard's browser test (headless chromium) without -race (too slow under it); DEVSTATUS_SCREENSHOTS=$$PWD/docs refreshes the screenshots
+	deploy/with-pg.sh --test $(GO) test -count=1 -timeout 10m -run 'TestBrowser' -v ./web 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|browser_test.go'; exit $${PIPESTATUS[0]}
 
 test-race: ## race tests only (no fuzz)
 	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)

@@ -66,6 +66,9 @@ func TestBrowserDashboard(t *testing.T) {
 	if testing.Short() {
 		t.Skip("browser test: skipped with -short")
 	}
+	if raceDetector {
+		t.Skip("browser test: skipped under the race detector (too slow for its live-update waits); make test runs it without it (make test-browser)")
+	}
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Skipf("browser test skipped: %s is absent (install Debian's chromium: apt-get install -y chromium; .ci/run does)", chromiumPath)
 	}
