@@ -53,7 +53,6 @@ migrate: ## apply the Postgres schema (devstatus migrate) to DATABASE_URL or the
 test: ## race tests against the test Postgres (started when DATABASE_URL is unset), the trace replays and the browser test without -race, then every fuzz target for TEST_FUZZTIME
 	deploy/with-pg.sh --test $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	@$(MAKE) --no-print-directory test-replay
-	@$(MAKE) --no-print-directory test-browser
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 	@$(MAKE) --no-print-directory pg-test-note
 
